@@ -1,0 +1,263 @@
+"""The `macvtap-hook` command: the error boundary around every entry point.
+
+Nothing below main() prints a traceback: errors of ours become one log line
+and a documented exit code; anything else is a bug, logged with its
+traceback to the log (never to udev's or NetworkManager's stderr).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from macvtap_hook import __version__
+from macvtap_hook.config import Config, load_config
+from macvtap_hook.errors import (
+    EXIT_ATTENTION,
+    EXIT_INTERNAL,
+    EXIT_OK,
+    EXIT_USAGE,
+    MacvtapHookError,
+    UsageError,
+)
+from macvtap_hook.hints import Hint
+
+log = logging.getLogger("macvtap_hook")
+
+EPILOG = """\
+exit codes:
+  0   done (or nothing to do)
+  1   reconcile: a NIC is stuck or its re-attach keeps failing (see status)
+  2   bad arguments or a malformed event; nothing was changed
+  3   unsafe or unreadable configuration, state or hook file
+  4   another run held the lock too long; the event is kept for the next run
+  5   libvirt unreachable; the event is kept for the next run
+  70  internal error (logged with its traceback)
+
+Installed by 'macvtap-hook install', udev runs 'macvtap-hook udev' for every
+interface added, removed or renamed; NetworkManager runs 'nm-dispatcher'.
+"""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    verbosity = 0
+    try:
+        if args[:1] == ["udev"] and len(args) == 1:
+            return _guard(_udev, 0)  # the hot path skips argparse
+        parser = _parser()
+        ns = parser.parse_args(args)
+        verbosity = ns.verbose - ns.quiet
+        return _guard(lambda cfg: int(ns.func(ns, cfg)), verbosity)
+    except SystemExit as exc:  # argparse: --help, --version, usage errors
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+
+
+def _guard(action: Callable[[Config], int], verbosity: int) -> int:
+    try:
+        cfg = load_config()
+    except MacvtapHookError as exc:
+        _setup_logging(verbosity, None)
+        log.error("%s", exc)
+        return exc.exit_code
+    _setup_logging(verbosity, cfg)
+    try:
+        return action(cfg)
+    except MacvtapHookError as exc:
+        log.error("%s", exc)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except Exception:
+        log.exception("internal error (please report it)")
+        return EXIT_INTERNAL
+
+
+def _setup_logging(verbosity: int, cfg: Config | None) -> None:
+    from macvtap_hook.logsetup import setup_logging
+
+    setup_logging(verbosity, cfg.log_file if cfg else None)
+
+
+# -- event entry points -------------------------------------------------------
+
+
+def _udev(cfg: Config) -> int:
+    from macvtap_hook.events import hint_from_udev
+
+    return _on_event(cfg, hint_from_udev(os.environ), seqnum=os.environ.get("SEQNUM"))
+
+
+def _nm(ns: Any, cfg: Config) -> int:
+    from macvtap_hook.events import hint_from_nm
+
+    return _on_event(cfg, hint_from_nm(ns.iface or "", ns.action or ""), seqnum=None)
+
+
+def _on_event(cfg: Config, hint: Hint | None, seqnum: str | None) -> int:
+    from macvtap_hook.events import needs_work
+
+    if hint is None:
+        return EXIT_OK
+    if not needs_work(hint, str(cfg.state_file), str(cfg.hints_dir)):
+        log.debug("%s: nothing is parked on it", hint.describe())
+        return EXIT_OK
+    if _hand_off(cfg, hint, seqnum):
+        return EXIT_OK
+    from macvtap_hook.runner import run
+
+    run(cfg, hint)
+    return EXIT_OK
+
+
+def _hand_off(cfg: Config, hint: Hint, seqnum: str | None) -> bool:
+    """On a systemd host, leave the libvirt work to a worker unit.
+
+    udevd runs RUN programs in a sandbox with a time limit; the hint file
+    tells the worker what happened, and an instance per event means no
+    event's start request is merged into a worker that is about to exit.
+    """
+    mode = cfg.handoff
+    if mode == "inline" or (mode == "auto" and not os.path.isdir("/run/systemd/system")):
+        return False
+    import subprocess
+
+    from macvtap_hook.hints import HintQueue
+
+    HintQueue(cfg.hints_dir).put(hint)
+    instance = seqnum if seqnum and seqnum.isdigit() else str(os.getpid())
+    unit = f"macvtap-hook@{instance}.service"
+    try:
+        done = subprocess.run(["systemctl", "--no-block", "start", unit], capture_output=True, check=False, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        log.warning("could not hand %s to systemd (%s); running inline", hint.describe(), exc)
+        return False
+    if done.returncode != 0:
+        log.warning("systemctl start %s failed; running inline", unit)
+        return False
+    log.debug("%s: handed to %s", hint.describe(), unit)
+    return True
+
+
+def _libvirt_hook(ns: Any, cfg: Config) -> int:
+    # Always 0, whatever happens: a failing hook can kill the guest.
+    try:
+        from macvtap_hook.libvirt_hook import handle
+
+        handle(cfg, ns.operation or "", sys.stdin.buffer)
+    except Exception:
+        log.exception("libvirt hook failed (ignored)")
+    return EXIT_OK
+
+
+# -- administrator commands ---------------------------------------------------
+
+
+def _reconcile(ns: Any, cfg: Config) -> int:
+    from macvtap_hook.engine import needs_attention
+    from macvtap_hook.errors import NeedsAttention
+    from macvtap_hook.ifname import check_ifname
+    from macvtap_hook.runner import run
+
+    only = frozenset(check_ifname(name) for name in ns.ifaces) or None
+    report = run(cfg, None, retry_stuck=True, only=only)
+    attention = [r for r in (report.attention if report else []) if needs_attention(r)]
+    if report is not None:
+        log.info(
+            "reconciled: %d parked, %d re-attached, %d forgotten, %d stuck, %d failed",
+            report.parked,
+            report.attached,
+            report.forgotten,
+            report.stuck,
+            report.failed,
+        )
+    if attention:
+        raise NeedsAttention(count=len(attention))
+    return EXIT_OK
+
+
+def _drain(ns: Any, cfg: Config) -> int:
+    from macvtap_hook.runner import run
+
+    run(cfg, None)
+    return EXIT_OK
+
+
+def _status(ns: Any, cfg: Config) -> int:
+    from macvtap_hook.status import render_status
+
+    text, attention = render_status(cfg, as_json=ns.json)
+    sys.stdout.write(text)
+    return EXIT_ATTENTION if attention and ns.check else EXIT_OK
+
+
+def _install(ns: Any, cfg: Config, uninstall: bool = False) -> int:
+    from pathlib import Path
+
+    from macvtap_hook.installer import Installer, Layout
+
+    root = Path(ns.root or "/")
+    if not root.is_absolute():
+        raise UsageError(reason="--root must be an absolute path")
+    inst = Installer(cfg, Layout(root=root, runtime=ns.runtime), dry_run=ns.dry_run)
+    actions = inst.uninstall() if uninstall else inst.install()
+    if not actions:
+        log.info("nothing to do: already %s", "uninstalled" if uninstall else "installed")
+    return EXIT_OK
+
+
+def _parser() -> Any:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="macvtap-hook",
+        description="Keep libvirt guests' macvtap NICs alive across the loss and return of their host interface: "
+        "park (live-detach) a NIC whose uplink is gone, re-attach it unchanged when the uplink is back.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"macvtap-hook {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more detail (repeatable)")
+    parser.add_argument("-q", "--quiet", action="count", default=0, help="only warnings and errors")
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("reconcile", help="converge every NIC now (or only those on IFACE...)")
+    p.add_argument("ifaces", nargs="*", metavar="IFACE")
+    p.set_defaults(func=_reconcile)
+
+    p = sub.add_parser("status", help="list parked NICs")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--check", action="store_true", help="exit 1 if a NIC needs attention")
+    p.set_defaults(func=_status)
+
+    for name, flag in (("install", False), ("uninstall", True)):
+        p = sub.add_parser(name, help=f"{name} the udev rule, NetworkManager and libvirt hooks, systemd units")
+        p.add_argument("--runtime", action="store_true", help="use /run (until reboot) instead of /etc")
+        p.add_argument("--root", metavar="DIR", help="install below DIR (for packaging); nothing is reloaded")
+        p.add_argument("--dry-run", action="store_true", help="say what would be done, do nothing")
+        p.set_defaults(func=lambda ns, cfg, flag=flag: _install(ns, cfg, uninstall=flag))
+
+    p = sub.add_parser("udev", help="(run by the udev rule) act on the event in the environment")
+    p.set_defaults(func=lambda ns, cfg: _udev(cfg))
+
+    p = sub.add_parser("nm-dispatcher", help="(run by NetworkManager) act on IFACE ACTION")
+    p.add_argument("iface", nargs="?", default="", metavar="IFACE")
+    p.add_argument("action", nargs="?", default="", metavar="ACTION")
+    p.set_defaults(func=_nm)
+
+    p = sub.add_parser("drain", help="(run by the systemd worker) act on pending events")
+    p.set_defaults(func=_drain)
+
+    p = sub.add_parser("libvirt-hook", help="(run by libvirt's qemu hook) forget a released domain's NICs")
+    p.add_argument("domain", nargs="?", default="")
+    p.add_argument("operation", nargs="?", default="")
+    p.add_argument("extra", nargs="*")
+    p.set_defaults(func=_libvirt_hook)
+    return parser
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

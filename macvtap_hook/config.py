@@ -1,0 +1,101 @@
+"""Settings, from an optional TOML file; every key has a working default.
+
+The file is read on every event, so it stays small and is parsed only if it
+exists. Tests point MACVTAP_HOOK_CONFIG at their own file.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from macvtap_hook.errors import ConfigError
+from macvtap_hook.safety import check_owned_by_root
+
+DEFAULT_CONFIG_PATH = Path("/etc/macvtap-hook/config.toml")
+CONFIG_ENV = "MACVTAP_HOOK_CONFIG"
+HANDOFFS = ("auto", "inline", "systemd")
+
+
+@dataclass(frozen=True)
+class Config:
+    uris: tuple[str, ...] = ("qemu:///system",)
+    state_dir: Path = Path("/var/lib/macvtap-hook")
+    run_dir: Path = Path("/run/macvtap-hook")
+    lock_timeout: float = 30.0
+    detach_timeout: float = 10.0
+    attach_timeout: float = 5.0
+    handoff: str = "auto"
+    log_file: Path | None = None
+    source: Path | None = field(default=None, compare=False)
+
+    @property
+    def state_file(self) -> Path:
+        return self.state_dir / "state.json"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.run_dir / "lock"
+
+    @property
+    def hints_dir(self) -> Path:
+        return self.run_dir / "hints"
+
+
+def config_path() -> Path:
+    return Path(os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH)
+
+
+def load_config(path: Path | None = None) -> Config:
+    path = path or config_path()
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return Config()
+    except OSError as exc:
+        raise ConfigError(path=path, reason=exc.strerror or str(exc)) from None
+    check_owned_by_root(path)
+    import tomllib  # only hosts that have a config file pay for the parser
+
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(path=path, reason=str(exc)) from None
+    return _from_mapping(data, path)
+
+
+def _from_mapping(data: dict[str, Any], path: Path) -> Config:
+    known = {f.name for f in fields(Config)} - {"source"}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(path=path, reason=f"unknown key(s): {', '.join(unknown)}")
+    values: dict[str, Any] = {"source": path}
+    if "uris" in data:
+        uris = data["uris"]
+        if not isinstance(uris, list) or not uris or not all(isinstance(u, str) and u for u in uris):
+            raise ConfigError(path=path, reason="uris must be a non-empty list of strings")
+        values["uris"] = tuple(uris)
+    for key in ("state_dir", "run_dir"):
+        if key in data:
+            values[key] = _absolute(data[key], key, path)
+    if data.get("log_file"):
+        values["log_file"] = _absolute(data["log_file"], "log_file", path)
+    for key in ("lock_timeout", "detach_timeout", "attach_timeout"):
+        if key in data:
+            value = data[key]
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 600:
+                raise ConfigError(path=path, reason=f"{key} must be a number of seconds in (0, 600]")
+            values[key] = float(value)
+    if "handoff" in data:
+        if data["handoff"] not in HANDOFFS:
+            raise ConfigError(path=path, reason=f"handoff must be one of {', '.join(HANDOFFS)}")
+        values["handoff"] = data["handoff"]
+    return Config(**values)
+
+
+def _absolute(value: Any, key: str, path: Path) -> Path:
+    if not isinstance(value, str) or not value.startswith("/") or "\0" in value:
+        raise ConfigError(path=path, reason=f"{key} must be an absolute path")
+    return Path(value)

@@ -1,0 +1,65 @@
+"""Pending hints: one small file per event that still has to be acted on.
+
+A hint is deleted only after a run that started after it was written has
+converged, so a run that cannot get the lock or cannot reach libvirt leaves
+it for the next one, and a run that finds its hint already gone knows that
+another run did the work (coalescing during storms).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from macvtap_hook.safety import ensure_private_dir
+
+
+@dataclass(frozen=True)
+class Hint:
+    source: str  # udev, nm-dispatcher, reconcile, libvirt-hook
+    action: str
+    iface: str | None
+    old_iface: str | None = None
+
+    def describe(self) -> str:
+        if self.old_iface:
+            return f"{self.source} {self.action} {self.old_iface} -> {self.iface}"
+        return f"{self.source} {self.action} {self.iface or '(all)'}"
+
+
+class HintQueue:
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def put(self, hint: Hint) -> Path:
+        ensure_private_dir(self.folder)
+        name = f"{time.time_ns():020d}-{os.getpid()}"
+        path = self.folder / name
+        body = json.dumps(hint.__dict__).encode()
+        fd = os.open(self.folder / f".{name}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(body)
+        os.replace(self.folder / f".{name}", path)
+        return path
+
+    def pending(self) -> list[Path]:
+        try:
+            return sorted(p for p in self.folder.iterdir() if not p.name.startswith("."))
+        except FileNotFoundError:
+            return []
+
+    def read(self, path: Path) -> Hint | None:
+        try:
+            data = json.loads(path.read_bytes())
+            return Hint(**data)
+        except (OSError, ValueError, TypeError):
+            return None
+
+    def consume(self, paths: list[Path]) -> None:
+        for path in paths:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()

@@ -1,0 +1,173 @@
+"""Every XML transformation: live domain -> NICs, NIC -> record, record -> attach.
+
+Built and read with ElementTree only; no XML is ever made by formatting
+strings, because interface and network names are outside input.
+"""
+
+from __future__ import annotations
+
+import re
+import xml.etree.ElementTree as ET
+from collections.abc import Iterable
+
+from macvtap_hook.model import PARK_STATES, DomainRef, DomainView, LiveNic, ParkedNic
+
+METADATA_URI = "urn:x-macvtap-hook:parked:1"
+METADATA_KEY = "macvtap-hook"
+
+# Names libvirt generates; an administrator's own names are kept.
+_AUTO_TARGET = re.compile(r"^(macvtap|macvlan)\d+$")
+_AUTO_ALIAS = re.compile(r"^net\d+$")
+
+
+class XmlError(ValueError):
+    """The XML is not what libvirt produces for a running domain."""
+
+
+def _parse(text: str, what: str) -> ET.Element:
+    try:
+        return ET.fromstring(text)
+    except ET.ParseError as exc:
+        raise XmlError(f"{what}: {exc}") from None
+
+
+def _to_text(elem: ET.Element) -> str:
+    elem.tail = None
+    return ET.tostring(elem, encoding="unicode")
+
+
+def normalize_mac(mac: str) -> str:
+    return mac.strip().lower()
+
+
+def parse_domain(xml: str, uri: str) -> DomainView:
+    """Read a running domain's live XML."""
+    root = _parse(xml, "domain XML")
+    name = root.findtext("name") or ""
+    uuid = (root.findtext("uuid") or "").strip()
+    dom_id = root.get("id")
+    if not uuid or dom_id is None or not dom_id.lstrip("-").isdigit():
+        raise XmlError(f"domain {name!r} has no uuid or id: is it running?")
+    ref = DomainRef(uri=uri, uuid=uuid, id=int(dom_id), name=name)
+    nics: list[LiveNic] = []
+    macs: set[str] = set()
+    for iface in root.iterfind("devices/interface"):
+        mac_elem = iface.find("mac")
+        if mac_elem is None or not mac_elem.get("address"):
+            continue
+        macs.add(normalize_mac(mac_elem.get("address", "")))
+        if iface.get("type") == "direct":
+            nics.append(_live_nic(iface))
+    parked = tuple(_parked_from_metadata(root, ref))
+    return DomainView(ref=ref, nics=tuple(nics), parked=parked, all_macs=frozenset(macs))
+
+
+def _live_nic(iface: ET.Element) -> LiveNic:
+    mac_elem = iface.find("mac")
+    source = iface.find("source")
+    target = iface.find("target")
+    alias = iface.find("alias")
+    return LiveNic(
+        mac=normalize_mac(mac_elem.get("address", "") if mac_elem is not None else ""),
+        source_dev=source.get("dev") if source is not None else None,
+        mode=source.get("mode") if source is not None else None,
+        target=target.get("dev") if target is not None else None,
+        alias=alias.get("name") if alias is not None else None,
+        network=source.get("network") if source is not None else None,
+        xml=_to_text(iface),
+    )
+
+
+def attach_xml(record: ParkedNic) -> str:
+    """The <interface> to attach so the guest gets its NIC back unchanged.
+
+    Everything the administrator configured is kept (MAC, model, mode, PCI
+    address, link state, MTU, ...); what libvirt generates at run time is
+    dropped so it generates it again. A NIC from a macvtap pool network goes
+    back through the network, so libvirt may choose any pool member.
+    """
+    iface = _parse(record.xml, "parked interface XML")
+    target = iface.find("target")
+    if target is not None and _AUTO_TARGET.match(target.get("dev", "")):
+        iface.remove(target)
+    alias = iface.find("alias")
+    if alias is not None and _AUTO_ALIAS.match(alias.get("name", "")):
+        iface.remove(alias)
+    source = iface.find("source")
+    if source is not None and source.get("network"):
+        iface.set("type", "network")
+        kept = {k: v for k, v in source.attrib.items() if k in ("network", "portgroup")}
+        source.attrib.clear()
+        source.attrib.update(kept)
+    return _to_text(iface)
+
+
+def with_link_down(nic: LiveNic) -> str:
+    """The live NIC's XML with its link down, for updateDeviceFlags."""
+    iface = _parse(nic.xml, "live interface XML")
+    link = iface.find("link")
+    if link is None:
+        link = ET.SubElement(iface, "link")
+    link.attrib.clear()
+    link.set("state", "down")
+    return _to_text(iface)
+
+
+def metadata_xml(records: Iterable[ParkedNic]) -> str:
+    """The domain's second record of its parked NICs (live metadata)."""
+    root = ET.Element("parked")
+    for rec in records:
+        nic = ET.SubElement(root, "nic")
+        nic.set("mac", rec.mac)
+        nic.set("uplink", rec.uplink)
+        nic.set("candidates", " ".join(rec.candidates))
+        nic.set("state", rec.state)
+        nic.set("since", repr(rec.since))
+        if rec.mode:
+            nic.set("mode", rec.mode)
+        if rec.network:
+            nic.set("network", rec.network)
+        # The interface is kept as text: libvirt re-namespaces nested elements.
+        ET.SubElement(nic, "xml").text = rec.xml
+    return _to_text(root)
+
+
+def _parked_from_metadata(root: ET.Element, ref: DomainRef) -> Iterable[ParkedNic]:
+    meta = root.find(f"metadata/{{{METADATA_URI}}}parked")
+    if meta is None:
+        return
+    for nic in meta:
+        if nic.tag.rpartition("}")[2] != "nic":
+            continue
+        xml_elem = next((c for c in nic if c.tag.rpartition("}")[2] == "xml"), None)
+        mac, uplink, state = nic.get("mac"), nic.get("uplink"), nic.get("state", "parked")
+        if not mac or not uplink or xml_elem is None or not xml_elem.text or state not in PARK_STATES:
+            continue
+        try:
+            since = float(nic.get("since", "0"))
+        except ValueError:
+            since = 0.0
+        yield ParkedNic(
+            domain=ref,
+            mac=normalize_mac(mac),
+            uplink=uplink,
+            candidates=tuple(nic.get("candidates", uplink).split()) or (uplink,),
+            mode=nic.get("mode"),
+            network=nic.get("network"),
+            xml=xml_elem.text,
+            state=state,
+            since=since,
+        )
+
+
+def pool_members(network_xml: str) -> tuple[str, ...]:
+    """The host interfaces of a macvtap pool network (forward dev / interface)."""
+    root = _parse(network_xml, "network XML")
+    forward = root.find("forward")
+    if forward is None:
+        return ()
+    devs = [i.get("dev", "") for i in forward.iterfind("interface")]
+    if forward.get("dev"):
+        devs.insert(0, forward.get("dev", ""))
+    seen: dict[str, None] = dict.fromkeys(d for d in devs if d)
+    return tuple(seen)

@@ -1,0 +1,71 @@
+"""One converging run: the hint, the lock, the drain loop."""
+
+from __future__ import annotations
+
+import logging
+
+from macvtap_hook import lock
+from macvtap_hook.config import Config
+from macvtap_hook.engine import Engine, Report
+from macvtap_hook.errors import HypervisorUnavailable
+from macvtap_hook.hints import Hint, HintQueue
+from macvtap_hook.state import StateStore
+
+log = logging.getLogger(__name__)
+
+MAX_DRAINS = 20  # bounds a run during an endless storm; later events go on
+
+
+def converge_once(cfg: Config, *, retry_stuck: bool = False, only: frozenset[str] | None = None) -> Report:
+    from macvtap_hook.hypervisor import connect_all
+    from macvtap_hook.links import NetlinkLinks
+
+    hypervisors, failures = connect_all(cfg.uris)
+    if not hypervisors:
+        raise failures[0]
+    try:
+        engine = Engine(hypervisors, NetlinkLinks(), StateStore(cfg.state_file), detach_timeout=cfg.detach_timeout)
+        report = engine.converge(retry_stuck=retry_stuck, only=only)
+    finally:
+        for hv in hypervisors:
+            hv.close()
+    for exc in failures:
+        log.error("%s", exc)
+        report.unreachable.append(exc.fields["uri"])
+    return report
+
+
+def run(
+    cfg: Config,
+    hint: Hint | None,
+    *,
+    retry_stuck: bool = False,
+    only: frozenset[str] | None = None,
+) -> Report | None:
+    """Converge under the lock until no hint is pending.
+
+    Returns None when another run already did the work for `hint`.
+    Raises LockTimeout or HypervisorUnavailable with the hints kept.
+    """
+    queue = HintQueue(cfg.hints_dir)
+    mine = queue.put(hint) if hint is not None else None
+    with lock.held(cfg.lock_file, cfg.lock_timeout):
+        if mine is not None and not mine.exists():
+            log.debug("%s: already handled by another run", hint.describe() if hint else "")
+            return None
+        report: Report | None = None
+        for _ in range(MAX_DRAINS):
+            pending = queue.pending()
+            for path in pending:
+                seen = queue.read(path)
+                if seen is not None:
+                    log.debug("hint: %s", seen.describe())
+            report = converge_once(cfg, retry_stuck=retry_stuck, only=only)
+            if report.unreachable:
+                raise HypervisorUnavailable(uri=", ".join(report.unreachable), reason="see above")
+            queue.consume(pending)
+            retry_stuck, only = False, None
+            if not queue.pending():
+                break
+        StateStore(cfg.state_file).ensure_exists()
+        return report

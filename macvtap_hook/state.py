@@ -1,0 +1,143 @@
+"""The state file: parked NICs, written atomically, read without a lock.
+
+Every write goes to a temporary file in the same folder, is fsynced,
+renamed over the old file and the folder is fsynced, so a reader (the
+cheap udev path reads without the lock) sees the old or the new file,
+never half of one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from macvtap_hook.model import PARK_STATES, DomainRef, ParkedNic
+from macvtap_hook.safety import ensure_private_dir
+
+SCHEMA = 1
+log = logging.getLogger(__name__)
+
+
+class CorruptState(ValueError):
+    pass
+
+
+def record_to_dict(rec: ParkedNic) -> dict[str, Any]:
+    return {
+        "domain": rec.domain.name,
+        "uuid": rec.domain.uuid,
+        "domain_id": rec.domain.id,
+        "uri": rec.domain.uri,
+        "mac": rec.mac,
+        "uplink": rec.uplink,
+        "candidates": list(rec.candidates),
+        "network": rec.network,
+        "mode": rec.mode,
+        "state": rec.state,
+        "since": rec.since,
+        "attempts": rec.attempts,
+        "last_error": rec.last_error,
+        "xml": rec.xml,
+    }
+
+
+def record_from_dict(data: Any) -> ParkedNic:
+    try:
+        ref = DomainRef(
+            uri=_str(data["uri"]), uuid=_str(data["uuid"]), id=int(data["domain_id"]), name=_str(data["domain"])
+        )
+        state = data.get("state", "parked")
+        if state not in PARK_STATES:
+            raise CorruptState(f"unknown state {state!r}")
+        candidates = tuple(_str(c) for c in data.get("candidates") or [data["uplink"]])
+        return ParkedNic(
+            domain=ref,
+            mac=_str(data["mac"]).lower(),
+            uplink=_str(data["uplink"]),
+            candidates=candidates,
+            mode=data.get("mode"),
+            network=data.get("network"),
+            xml=_str(data["xml"]),
+            state=state,
+            since=float(data.get("since", 0.0)),
+            attempts=int(data.get("attempts", 0)),
+            last_error=data.get("last_error"),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CorruptState(f"bad record: {exc}") from None
+
+
+def _str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {type(value).__name__}")
+    return value
+
+
+def parse_state(raw: bytes) -> tuple[ParkedNic, ...]:
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CorruptState(str(exc)) from None
+    if not isinstance(data, dict) or data.get("schema") != SCHEMA or not isinstance(data.get("parked"), list):
+        raise CorruptState(f"not a schema {SCHEMA} state file")
+    return tuple(record_from_dict(item) for item in data["parked"])
+
+
+def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+class StateStore:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self) -> tuple[ParkedNic, ...]:
+        """The records; a missing file is empty, a corrupt one is set aside."""
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            return ()
+        try:
+            return parse_state(raw)
+        except CorruptState as exc:
+            aside = self.path.with_name(f"{self.path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
+            os.replace(self.path, aside)
+            log.error(
+                "state file %s is unreadable (%s); moved aside to %s and rebuilt from domain metadata",
+                self.path,
+                exc,
+                aside,
+            )
+            return ()
+
+    def save(self, records: Iterable[ParkedNic]) -> None:
+        ensure_private_dir(self.path.parent)
+        body = {"schema": SCHEMA, "parked": [record_to_dict(r) for r in sorted(records, key=lambda r: r.key)]}
+        atomic_write(self.path, json.dumps(body, indent=2, sort_keys=True).encode() + b"\n")
+
+    def ensure_exists(self) -> None:
+        if not self.path.exists():
+            self.save(self.load())

@@ -1,0 +1,269 @@
+"""Fakes of the kernel's links and of libvirt that behave like the real ones.
+
+They honour the same interfaces as macvtap_hook.links.NetlinkLinks and
+macvtap_hook.hypervisor.LibvirtHypervisor and mimic what the real stack
+does (verified in tests/integration): deleting a link deletes the macvtaps
+on it, renaming it keeps them; attach creates a macvtap and names it in the
+live XML; a detach is answered by the guest a little later, or never.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import xml.etree.ElementTree as ET
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+from macvtap_hook import nicxml
+from macvtap_hook.errors import DomainGone, HypervisorError, HypervisorUnavailable
+from macvtap_hook.model import DomainRef, DomainView, LiveNic, Link, Links, ParkedNic
+
+
+class FakeLinks:
+    def __init__(self) -> None:
+        self.links: dict[str, Link] = {}
+        self._next = itertools.count(100)
+        self.snapshots = 0
+
+    def snapshot(self) -> Links:
+        self.snapshots += 1
+        return Links(dict(self.links))
+
+    def add(self, name: str, kind: str = "veth", parent: int | None = None, mac: str | None = None) -> Link:
+        link = Link(name=name, ifindex=next(self._next), kind=kind, parent=parent, mac=mac)
+        self.links[name] = link
+        return link
+
+    def delete(self, name: str) -> None:
+        gone = self.links.pop(name)
+        for other in list(self.links.values()):
+            if other.kind == "macvtap" and other.parent == gone.ifindex:
+                del self.links[other.name]
+
+    def rename(self, old: str, new: str) -> None:
+        self.links[new] = replace(self.links.pop(old), name=new)
+
+
+@dataclass
+class FakeGuest:
+    root: ET.Element
+    running: bool = True
+    releases: bool = True  # answers PCI unplug requests
+    release_after: int = 0  # polls before the unplug completes
+    pending: dict[str, int] = field(default_factory=dict)  # alias -> polls left
+
+
+class FakeHypervisor:
+    def __init__(self, links: FakeLinks, uri: str = "qemu:///system") -> None:
+        self.uri = uri
+        self.links = links
+        self.guests: dict[str, FakeGuest] = {}
+        self.networks: dict[str, tuple[str, ...]] = {}
+        self.reachable = True
+        self.fail_attach: str | None = None
+        self.calls: list[tuple[str, str]] = []
+        self._tap = itertools.count(0)
+        self._ids = itertools.count(1)
+
+    # -- test set-up ---------------------------------------------------------
+
+    def start(self, name: str, uuid: str, nics: Sequence[str] = ()) -> DomainRef:
+        """Start a domain; each NIC is an <interface> as in the persistent XML."""
+        root = ET.Element("domain", {"type": "qemu", "id": str(next(self._ids))})
+        ET.SubElement(root, "name").text = name
+        ET.SubElement(root, "uuid").text = uuid
+        ET.SubElement(root, "devices")
+        self.guests[uuid] = FakeGuest(root)
+        for xml in nics:
+            self._plug(self.guests[uuid], ET.fromstring(xml))
+        return self.ref(uuid)
+
+    def ref(self, uuid: str) -> DomainRef:
+        root = self.guests[uuid].root
+        return DomainRef(self.uri, uuid, int(root.get("id", "-1")), root.findtext("name") or "")
+
+    def destroy(self, uuid: str) -> None:
+        self.guests.pop(uuid)
+
+    def restart(self, uuid: str) -> DomainRef:
+        guest = self.guests[uuid]
+        guest.root.set("id", str(next(self._ids)))
+        meta = guest.root.find("metadata")
+        if meta is not None:
+            guest.root.remove(meta)
+        return self.ref(uuid)
+
+    def xml(self, uuid: str) -> str:
+        return ET.tostring(self.guests[uuid].root, encoding="unicode")
+
+    def macs(self, uuid: str) -> list[str]:
+        return [i.find("mac").get("address", "") for i in self.guests[uuid].root.iterfind("devices/interface")]  # type: ignore[union-attr]
+
+    # -- the Hypervisor interface --------------------------------------------
+
+    def _check(self) -> None:
+        if not self.reachable:
+            raise HypervisorUnavailable(uri=self.uri, reason="Failed to connect socket")
+
+    def _guest(self, dom: DomainRef) -> FakeGuest:
+        self._check()
+        guest = self.guests.get(dom.uuid)
+        if guest is None or int(guest.root.get("id", "-1")) != dom.id:
+            raise DomainGone(uuid=dom.uuid, domain_id=dom.id)
+        return guest
+
+    def running_domains(self) -> list[DomainView]:
+        self._check()
+        self._progress()
+        views = []
+        for guest in self.guests.values():
+            view = nicxml.parse_domain(ET.tostring(guest.root, encoding="unicode"), self.uri)
+            views.append(replace(view, running=guest.running))
+        return views
+
+    def pool_members(self, network: str) -> tuple[str, ...]:
+        self._check()
+        return self.networks.get(network, ())
+
+    def live_nic(self, dom: DomainRef, mac: str) -> LiveNic | None:
+        guest = self._guest(dom)
+        self._progress()
+        view = nicxml.parse_domain(ET.tostring(guest.root, encoding="unicode"), self.uri)
+        return next((n for n in view.nics if n.mac == mac), None)
+
+    def write_metadata(self, dom: DomainRef, records: Sequence[ParkedNic]) -> None:
+        guest = self._guest(dom)
+        self.calls.append(("metadata", dom.name))
+        meta = guest.root.find("metadata")
+        if meta is None:
+            meta = ET.SubElement(guest.root, "metadata")
+        for old in list(meta):
+            meta.remove(old)
+        if records:
+            elem = ET.fromstring(nicxml.metadata_xml(records))
+            ns_elem = ET.SubElement(meta, f"{{{nicxml.METADATA_URI}}}parked")
+            ns_elem.extend(list(elem))
+
+    def request_detach(self, dom: DomainRef, nic: LiveNic) -> None:
+        guest = self._guest(dom)
+        self.calls.append(("detach", nic.mac))
+        iface = self._find(guest, nic.mac)
+        if iface is None:
+            raise HypervisorError(operation="detach", reason=f"no device matching MAC {nic.mac}")
+        alias = iface.find("alias").get("name", "")  # type: ignore[union-attr]
+        if alias in guest.pending:
+            raise HypervisorError(operation="detach", reason="device is already being unplugged")
+        if guest.releases:
+            guest.pending[alias] = guest.release_after
+        self._progress()
+
+    def attach(self, dom: DomainRef, xml: str) -> None:
+        guest = self._guest(dom)
+        self.calls.append(("attach", xml))
+        if self.fail_attach:
+            raise HypervisorError(operation="attach", reason=self.fail_attach)
+        iface = ET.fromstring(xml)
+        mac = iface.find("mac").get("address", "")  # type: ignore[union-attr]
+        if self._find(guest, mac) is not None:
+            raise HypervisorError(operation="attach", reason=f"MAC {mac} already in use")
+        if iface.find("target") is not None and nicxml._AUTO_TARGET.match(iface.find("target").get("dev", "")):  # type: ignore[union-attr]
+            raise HypervisorError(operation="attach", reason="generated target name given")
+        self._plug(guest, iface)
+
+    def update_device(self, dom: DomainRef, xml: str) -> None:
+        guest = self._guest(dom)
+        new = ET.fromstring(xml)
+        mac = new.find("mac").get("address", "")  # type: ignore[union-attr]
+        old = self._find(guest, mac)
+        if old is None:
+            raise HypervisorError(operation="update", reason="no such device")
+        self.calls.append(("update", mac))
+        link = old.find("link")
+        if link is None:
+            link = ET.SubElement(old, "link")
+        link.set("state", new.find("link").get("state", "up"))  # type: ignore[union-attr]
+
+    def close(self) -> None:
+        pass
+
+    # -- what libvirt and the guest do ----------------------------------------
+
+    @staticmethod
+    def _find(guest: FakeGuest, mac: str) -> ET.Element | None:
+        for iface in guest.root.iterfind("devices/interface"):
+            if iface.find("mac").get("address", "").lower() == mac.lower():  # type: ignore[union-attr]
+                return iface
+        return None
+
+    def _plug(self, guest: FakeGuest, iface: ET.Element) -> None:
+        iface = copy.deepcopy(iface)
+        source = iface.find("source")
+        assert source is not None
+        mac = iface.find("mac").get("address", "").lower()  # type: ignore[union-attr]
+        if iface.get("type") == "network":
+            members = [m for m in self.networks.get(source.get("network", ""), ()) if m in self.links.links]
+            if not members:
+                raise HypervisorError(operation="attach", reason="no usable pool member")
+            iface.set("type", "direct")
+            source.set("dev", members[0])
+            source.set("mode", "bridge")
+            source.set("portid", "0000")
+        dev = source.get("dev", "")
+        lower = self.links.links.get(dev)
+        if lower is None:
+            raise HypervisorError(operation="attach", reason=f"Cannot get interface MTU on '{dev}': No such device")
+        tap = f"macvtap{next(self._tap)}"
+        self.links.add(tap, kind="macvtap", parent=lower.ifindex, mac=mac)
+        old_target = iface.find("target")
+        if old_target is not None:
+            iface.remove(old_target)
+        ET.SubElement(iface, "target", {"dev": tap})
+        if iface.find("alias") is None:
+            used = {a.get("name") for a in guest.root.iterfind("devices/interface/alias")}
+            n = next(i for i in itertools.count() if f"net{i}" not in used)
+            ET.SubElement(iface, "alias", {"name": f"net{n}"})
+        guest.root.find("devices").append(iface)  # type: ignore[union-attr]
+
+    def _progress(self) -> None:
+        """Guests answer pending unplugs as time (polls) goes by."""
+        for guest in self.guests.values():
+            for alias, left in list(guest.pending.items()):
+                if left > 0:
+                    guest.pending[alias] = left - 1
+                    continue
+                del guest.pending[alias]
+                devices = guest.root.find("devices")
+                assert devices is not None
+                for iface in list(devices.iterfind("interface")):
+                    if iface.find("alias") is not None and iface.find("alias").get("name") == alias:  # type: ignore[union-attr]
+                        target = iface.find("target")
+                        if target is not None and target.get("dev") in self.links.links:
+                            del self.links.links[target.get("dev", "")]
+                        devices.remove(iface)
+
+
+def direct_nic(mac: str, dev: str, mode: str = "bridge", slot: int = 3) -> str:
+    iface = ET.Element("interface", {"type": "direct"})
+    ET.SubElement(iface, "mac", {"address": mac})
+    ET.SubElement(iface, "source", {"dev": dev, "mode": mode})
+    ET.SubElement(iface, "model", {"type": "virtio"})
+    ET.SubElement(
+        iface,
+        "address",
+        {"type": "pci", "domain": "0x0000", "bus": "0x00", "slot": f"0x{slot:02x}", "function": "0x0"},
+    )
+    return ET.tostring(iface, encoding="unicode")
+
+
+def network_nic(mac: str, network: str, slot: int = 3) -> str:
+    iface = ET.Element("interface", {"type": "network"})
+    ET.SubElement(iface, "mac", {"address": mac})
+    ET.SubElement(iface, "source", {"network": network})
+    ET.SubElement(iface, "model", {"type": "virtio"})
+    ET.SubElement(
+        iface,
+        "address",
+        {"type": "pci", "domain": "0x0000", "bus": "0x00", "slot": f"0x{slot:02x}", "function": "0x0"},
+    )
+    return ET.tostring(iface, encoding="unicode")

@@ -1,0 +1,358 @@
+"""The engine and planner together, against fakes that act like the real stack."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from macvtap_hook.engine import Engine
+from macvtap_hook.nicxml import parse_domain
+from macvtap_hook.state import StateStore
+from tests.fakes import FakeHypervisor, FakeLinks, direct_nic, network_nic
+
+MAC1, MAC2, MAC3 = "52:54:00:00:00:01", "52:54:00:00:00:02", "52:54:00:00:00:03"
+UUID1, UUID2 = "11111111-1111-1111-1111-111111111111", "22222222-2222-2222-2222-222222222222"
+
+
+class World:
+    def __init__(self, tmp: Path) -> None:
+        self.links = FakeLinks()
+        self.hv = FakeHypervisor(self.links)
+        self.store = StateStore(tmp / "state" / "state.json")
+        self.clock = 0.0
+
+    def engine(self, detach_timeout: float = 1.0) -> Engine:
+        def sleep(dt: float) -> None:
+            self.clock += dt
+
+        return Engine(
+            [self.hv], self.links, self.store, detach_timeout=detach_timeout,
+            clock=lambda: self.clock, wall=lambda: 1_700_000_000.0 + self.clock, sleep=sleep,
+        )  # fmt: skip
+
+    def converge(self, **kw: object):  # type: ignore[no-untyped-def]
+        return self.engine().converge(**kw)  # type: ignore[arg-type]
+
+    def nics(self, uuid: str) -> dict[str, ET.Element]:
+        root = ET.fromstring(self.hv.xml(uuid))
+        return {i.find("mac").get("address"): i for i in root.iterfind("devices/interface")}  # type: ignore[union-attr,misc]
+
+    def alive(self, uuid: str, mac: str) -> bool:
+        view = parse_domain(self.hv.xml(uuid), self.hv.uri)
+        nic = next(n for n in view.nics if n.mac == mac)
+        tap = self.links.links.get(nic.target or "")
+        return tap is not None and tap.parent == self.links.links[nic.source_dev or ""].ifindex
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> World:
+    w = World(tmp_path)
+    w.links.add("up0")
+    w.links.add("up1")
+    return w
+
+
+def test_nothing_to_do_touches_nothing(world: World) -> None:
+    world.hv.start("vm1", UUID1, [direct_nic(MAC1, "up0")])
+    report = world.converge()
+    assert (report.parked, report.attached, report.forgotten) == (0, 0, 0)
+    assert [c for c in world.hv.calls if c[0] != "metadata"] == []
+    assert world.store.load() == ()
+
+
+def test_park_on_removal_then_reattach_unchanged(world: World) -> None:
+    world.hv.start("vm1", UUID1, [direct_nic(MAC1, "up0", mode="vepa", slot=7)])
+    before = world.nics(UUID1)[MAC1]
+    world.links.delete("up0")
+
+    report = world.converge()
+    assert report.parked == 1
+    assert MAC1 not in world.nics(UUID1)
+    (rec,) = world.store.load()
+    assert (rec.mac, rec.uplink, rec.state, rec.mode) == (MAC1, "up0", "parked", "vepa")
+    meta = parse_domain(world.hv.xml(UUID1), world.hv.uri).parked
+    assert [m.mac for m in meta] == [MAC1], "second record in the live metadata"
+
+    assert world.converge().parked == 0, "still absent: nothing more to do"
+
+    world.links.add("up0")
+    report = world.converge()
+    assert report.attached == 1
+    after = world.nics(UUID1)[MAC1]
+    for tag in ("mac", "model", "address"):
+        assert after.find(tag).attrib == before.find(tag).attrib  # type: ignore[union-attr]
+    assert after.find("source").attrib == {"dev": "up0", "mode": "vepa"}  # type: ignore[union-attr]
+    assert world.alive(UUID1, MAC1)
+    assert world.store.load() == ()
+    assert parse_domain(world.hv.xml(UUID1), world.hv.uri).parked == ()
+
+
+def test_two_guests_one_uplink_and_one_guest_two_uplinks(world: World) -> None:
+    world.hv.start("vm1", UUID1, [direct_nic(MAC1, "up0"), direct_nic(MAC3, "up1", slot=4)])
+    world.hv.start("vm2", UUID2, [direct_nic(MAC2, "up0")])
+    world.links.delete("up0")
+    assert world.converge().parked == 2
+    assert set(world.nics(UUID1)) == {MAC3}, "the NIC on the uplink that stayed is untouched"
+    assert world.alive(UUID1, MAC3)
+    world.links.add("up0")
+    assert world.converge().attached == 2
+    assert world.alive(UUID1, MAC1) and world.alive(UUID2, MAC2) and world.alive(UUID1, MAC3)
+
+
+def test_uplink_recreated_between_events_is_repaired(world: World) -> None:
+    world.hv.start("vm1", UUID1, [direct_nic(MAC1, "up0")])
+    world.links.delete("up0")
+    world.links.add("up0")  # no run saw it go
+    assert not world.alive(UUID1, MAC1)
+    report = world.converge()
+    assert (report.parked, report.attached) == (1, 1)
+    assert world.alive(UUID1, MAC1)
+    assert world.store.load() == ()
+
+
+def test_renamed_uplink_is_left_alone(world: World) -> None:
+    world.hv.start("vm1", UUID1, [direct_nic(MAC1, "up0")])
+    world.links.rename("up0", "up0new")
+    report = world.converge()
+    assert (report.parked, report.attached) == (0, 0)
+    assert ("detach", MAC1) not in world.hv.calls
+
+
+def test_reused_macvtap_name_does_not_hide_a_dead_nic(world: World) -> None:
+    world.hv.start("vm1", UUID1, [direct_nic(MAC1, "up0")])
+    tap = world.nics(UUID1)[MAC1].find("target").get("dev")  # type: ignore[union-attr]
+    world.links.delete("up0")
+    world.links.add("up0")
+    world.links.add(tap or "", kind="macvtap", parent=world.links.links["up0"].ifindex, mac=MAC2)
+    assert world.converge().parked == 1
+
+
+def test_network_pool_nic_goes_back_through_the_network(world: World) -> None:
+    world.hv.networks["pool"] = ("up0", "up1")
+    world.hv.start("vm1", UUID1, [network_nic(MAC1, "pool")])
+    assert world.nics(UUID1)[MAC1].find("source").get("dev") == "up0"  # type: ignore[union-attr]
+    world.links.delete("up0")
+    report = world.converge()
+    # up1 is a pool member that exists: parked and straight back on it.
+    assert (report.parked, report.attached) == (1, 1)
+    source = world.nics(UUID1)[MAC1].find("source")
+    assert source.get("network") == "pool" and source.get("dev") == "up1"  # type: ignore[union-attr]
+    attach_xml = next(x for op, x in world.hv.calls if op == "attach")
+    assert ET.fromstring(attach_xml).get("type") == "network"
+
+
+def test_stuck_guest_is_recorded_link_down_and_not_retried_by_events(world: World) -> None:
+    world.hv.start("vm1", UUID1, [direct_nic(MAC1, "up0")])
+    world.hv.guests[UUID1].releases = False
+    world.links.delete("up0")
+    report = world.converge()
+    assert report.stuck == 1
+    (rec,) = world.store.load()
+    assert rec.state == "stuck" and "did not release" in (rec.last_error or "")
+    assert world.nics(UUID1)[MAC1].find("link").get("state") == "down"  # type: ignore[union-attr]
+    assert report.attention == [rec]
+    detaches = world.hv.calls.count(("detach", MAC1))
+    world.converge()
+    world.links.add("up0")
+    world.converge()
+    assert world.hv.calls.count(("detach", MAC1)) == detaches, "events do not retry a stuck NIC"
+    assert world.hv.macs(UUID1).count(MAC1) == 1, "never duplicated"
+
+
+def test_stuck_guest_that_releases_later_gets_its_nic_back(world: World) -> None:
+    world.hv.start("vm1", UUID1, [direct_nic(MAC1, "up0")])
+    guest = world.hv.guests[UUID1]
+    guest.release_after = 10_000
+    world.links.delete("up0")
+    assert world.converge().stuck == 1
+    guest.pending = dict.fromkeys(guest.pending, 0)  # the guest finally acknowledges
+    world.links.add("up0")
+    report = world.converge()
+    assert report.attached == 1
+    assert world.alive(UUID1, MAC1) and world.store.load() == ()
+
+
+def test_reconcile_retries_a_stuck_nic(world: World) -> None:
+    world.hv.start("vm1", UUID1, [direct_nic(MAC1, "up0")])
+    guest = world.hv.guests[UUID1]
+    guest.releases = False
+    world.links.delete("up0")
+    world.converge()
+    guest.releases = True
+    report = world.converge(retry_stuck=True)
+    assert report.parked == 1
+    assert world.store.load()[0].state == "parked"
+
+
+@pytest.mark.parametrize("fate", ["destroyed", "restarted"])
+def test_domain_gone_or_restarted_while_parked_is_never_reattached(world: World, fate: str) -> None:
+    world.hv.start("vm1", UUID1, [direct_nic(MAC1, "up0")])
+    world.links.delete("up0")
+    world.converge()
+    if fate == "destroyed":
+        world.hv.destroy(UUID1)
+    else:
+        world.hv.restart(UUID1)
+        devices = world.hv.guests[UUID1].root.find("devices")
+        assert devices is not None
+    world.links.add("up0")
+    report = world.converge()
+    assert (report.forgotten, report.attached) == (1, 0)
+    assert world.store.load() == ()
+    assert not [c for c in world.hv.calls if c[0] == "attach"]
+
+
+def test_mac_already_present_drops_the_record(world: World) -> None:
+    world.hv.start("vm1", UUID1, [direct_nic(MAC1, "up0")])
+    world.links.delete("up0")
+    world.converge()
+    bridge = ET.fromstring(direct_nic(MAC1, "up1"))  # the admin re-added it elsewhere by hand
+    world.hv._plug(world.hv.guests[UUID1], bridge)
+    world.links.add("up0")
+    report = world.converge()
+    assert report.attached == 0 and report.forgotten == 1
+    assert world.hv.macs(UUID1).count(MAC1) == 1
+
+
+def test_failed_attach_keeps_record_with_error_and_retries_later(world: World) -> None:
+    world.hv.start("vm1", UUID1, [direct_nic(MAC1, "up0")])
+    world.links.delete("up0")
+    world.converge()
+    world.links.add("up0")
+    world.hv.fail_attach = "internal error: unable to execute QEMU command 'netdev_add'"
+    report = world.converge()
+    assert report.failed == 1 and report.attached == 0
+    (rec,) = world.store.load()
+    assert rec.attempts == 1 and "netdev_add" in (rec.last_error or "")
+    assert report.attention == [rec]
+    assert [c[0] for c in world.hv.calls].count("attach") == 1, "not retried in a loop within one run"
+    world.hv.fail_attach = None
+    report = world.converge()
+    assert report.attached == 1 and world.store.load() == ()
+
+
+def test_unreachable_libvirt_leaves_records_alone(world: World) -> None:
+    world.hv.start("vm1", UUID1, [direct_nic(MAC1, "up0")])
+    world.links.delete("up0")
+    world.converge()
+    world.hv.reachable = False
+    world.links.add("up0")
+    report = world.converge()
+    assert report.unreachable == ["qemu:///system"]
+    assert len(world.store.load()) == 1
+    world.hv.reachable = True
+    assert world.converge().attached == 1
+
+
+@pytest.mark.parametrize("damage", ["deleted", "corrupt", "wrong-schema"])
+def test_lost_or_corrupt_state_is_rebuilt_from_metadata(world: World, damage: str) -> None:
+    world.hv.start("vm1", UUID1, [direct_nic(MAC1, "up0")])
+    world.links.delete("up0")
+    world.converge()
+    path = world.store.path
+    if damage == "deleted":
+        path.unlink()
+    elif damage == "corrupt":
+        path.write_bytes(b'{"schema": 1, "parked": [{"mac": tru')
+    else:
+        path.write_text(json.dumps({"schema": 99, "parked": []}))
+    world.converge()
+    assert [r.mac for r in world.store.load()] == [MAC1], "rebuilt from the domain's metadata"
+    if damage != "deleted":
+        assert list(path.parent.glob("state.json.corrupt-*")), "the damaged file is kept aside"
+    world.links.add("up0")
+    assert world.converge().attached == 1
+
+
+def test_state_files_are_private(world: World) -> None:
+    world.hv.start("vm1", UUID1, [direct_nic(MAC1, "up0")])
+    world.links.delete("up0")
+    world.converge()
+    assert stat.S_IMODE(os.stat(world.store.path).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(world.store.path.parent).st_mode) == 0o700
+
+
+class Crash(BaseException):
+    """Stands for the process being killed (not an Exception: nothing catches it)."""
+
+
+@pytest.mark.parametrize("step", ["after-record", "after-detach", "after-attach", "in-state-write"])
+def test_crash_at_any_step_converges_without_loss_or_duplicate(world: World, step: str) -> None:
+    world.hv.start("vm1", UUID1, [direct_nic(MAC1, "up0")])
+    hv = world.hv
+    orig_detach, orig_attach, orig_save = hv.request_detach, hv.attach, world.store.save
+
+    if step == "after-record":
+        def detach(*a):  # type: ignore[no-untyped-def]
+            raise Crash
+        hv.request_detach = detach  # type: ignore[method-assign]
+    elif step == "after-detach":
+        def detach(*a):  # type: ignore[no-untyped-def]
+            orig_detach(*a)
+            raise Crash
+        hv.request_detach = detach  # type: ignore[method-assign]
+    elif step == "after-attach":
+        def attach(*a):  # type: ignore[no-untyped-def]
+            orig_attach(*a)
+            raise Crash
+        hv.attach = attach  # type: ignore[method-assign]
+    else:
+        calls = iter(range(100))
+
+        def save(records):  # type: ignore[no-untyped-def]
+            if next(calls) == 1:  # the write after the detach is confirmed
+                tmp = world.store.path.with_name(".state.json.partial")
+                tmp.write_bytes(b"{")
+                raise Crash
+            orig_save(records)
+        world.store.save = save  # type: ignore[method-assign]
+
+    world.links.delete("up0")
+    if step == "after-attach":
+        world.converge()
+        world.links.add("up0")
+    with pytest.raises(Crash):
+        world.converge()
+    hv.request_detach, hv.attach, world.store.save = orig_detach, orig_attach, orig_save  # type: ignore[method-assign]
+
+    world.converge()  # the next run, whatever woke it
+    world.links.add("up0") if "up0" not in world.links.links else None
+    world.converge()
+    assert hv.macs(UUID1) == [MAC1], "exactly one NIC with that MAC"
+    assert world.alive(UUID1, MAC1)
+    assert world.store.load() == ()
+    assert parse_domain(hv.xml(UUID1), hv.uri).parked == ()
+
+
+def test_converging_twice_is_a_no_op(world: World) -> None:
+    world.hv.start("vm1", UUID1, [direct_nic(MAC1, "up0")])
+    world.hv.start("vm2", UUID2, [direct_nic(MAC2, "up1")])
+    world.links.delete("up0")
+    world.converge()
+    calls = len(world.hv.calls)
+    report = world.converge()
+    assert (report.parked, report.attached, report.forgotten) == (0, 0, 0)
+    assert len(world.hv.calls) == calls
+
+
+def test_scope_limits_parking_to_named_uplinks(world: World) -> None:
+    world.hv.start("vm1", UUID1, [direct_nic(MAC1, "up0"), direct_nic(MAC2, "up1", slot=4)])
+    world.links.delete("up0")
+    world.links.delete("up1")
+    report = world.converge(only=frozenset({"up1"}))
+    assert report.parked == 1
+    assert set(world.nics(UUID1)) == {MAC1}
+
+
+def test_paused_domain_is_not_asked_to_unplug(world: World) -> None:
+    world.hv.start("vm1", UUID1, [direct_nic(MAC1, "up0")])
+    world.hv.guests[UUID1].running = False
+    world.links.delete("up0")
+    assert world.converge().parked == 0
+    world.hv.guests[UUID1].running = True
+    assert world.converge().parked == 1
