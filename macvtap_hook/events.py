@@ -36,9 +36,13 @@ def hint_from_udev(env: Mapping[str, str]) -> Hint | None:
     if not iface:
         raise BadEvent(source="udev", reason="INTERFACE is not set")
     check_ifname(iface)
-    old = env.get("INTERFACE_OLD") if action == "move" else None
-    if old:
-        check_ifname(old)
+    old = None
+    if action == "move":
+        # The kernel's rename carries only DEVPATH_OLD; udev sets
+        # INTERFACE_OLD only for renames it makes itself.
+        old = env.get("INTERFACE_OLD") or env.get("DEVPATH_OLD", "").rpartition("/")[2] or None
+        if old:
+            check_ifname(old)
     return Hint(source="udev", action=action, iface=iface, old_iface=old)
 
 

@@ -32,9 +32,10 @@ def udev_rule(binary: str) -> str:
 # are parked and re-attached. See 'macvtap-hook --help'.
 ACTION!="add|remove|move", GOTO="macvtap_hook_end"
 SUBSYSTEM!="net", GOTO="macvtap_hook_end"
-# The macvtaps libvirt creates and deletes are effects of our work, not causes.
+# The macvtaps libvirt creates and deletes are effects of our work, not causes:
+# known by libvirt's names, and on add by sysfs (a removed one has no sysfs).
 KERNEL=="macvtap*|macvlan*", GOTO="macvtap_hook_end"
-ENV{{ID_NET_DRIVER}}=="macvtap|macvlan", GOTO="macvtap_hook_end"
+ACTION=="add", TEST=="macvtap", GOTO="macvtap_hook_end"
 RUN+="{binary} udev"
 LABEL="macvtap_hook_end"
 """

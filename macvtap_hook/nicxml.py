@@ -31,8 +31,10 @@ def _parse(text: str, what: str) -> ET.Element:
         raise XmlError(f"{what}: {exc}") from None
 
 
-def _to_text(elem: ET.Element) -> str:
+def _to_text(elem: ET.Element, *, indent: bool = False) -> str:
     elem.tail = None
+    if indent:
+        ET.indent(elem)
     return ET.tostring(elem, encoding="unicode")
 
 
@@ -99,7 +101,7 @@ def attach_xml(record: ParkedNic) -> str:
         kept = {k: v for k, v in source.attrib.items() if k in ("network", "portgroup")}
         source.attrib.clear()
         source.attrib.update(kept)
-    return _to_text(iface)
+    return _to_text(iface, indent=True)
 
 
 def with_link_down(nic: LiveNic) -> str:
@@ -110,7 +112,7 @@ def with_link_down(nic: LiveNic) -> str:
         link = ET.SubElement(iface, "link")
     link.attrib.clear()
     link.set("state", "down")
-    return _to_text(iface)
+    return _to_text(iface, indent=True)
 
 
 def metadata_xml(records: Iterable[ParkedNic]) -> str:

@@ -1,0 +1,171 @@
+"""The command as udev, NetworkManager, libvirt and administrators run it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.unit.test_events import HOSTILE
+
+
+def run(tmp: Path, *args: str, env: dict[str, str] | None = None, stdin: bytes = b"") -> subprocess.CompletedProcess[str]:
+    config = tmp / "config.toml"
+    if not config.exists():
+        config.write_text(
+            f'state_dir = "{tmp}/state"\nrun_dir = "{tmp}/run"\nuris = ["qemu+unix:///system?socket=/nonexistent/libvirt-sock"]\n'
+            "lock_timeout = 1\n"
+        )
+        config.chmod(0o644)
+    full_env = {"PATH": os.environ["PATH"], "MACVTAP_HOOK_CONFIG": str(config), "MACVTAP_HOOK_LOG": "stderr"}
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "macvtap_hook", *args],
+        env=full_env, input=stdin.decode(), capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+
+
+def files_under(path: Path) -> set[Path]:
+    return {p for p in path.rglob("*")}
+
+
+def test_help_and_version(tmp_path: Path) -> None:
+    done = run(tmp_path, "--help")
+    assert done.returncode == 0
+    for word in ("reconcile", "status", "install", "uninstall", "udev", "nm-dispatcher", "exit codes"):
+        assert word in done.stdout
+    done = run(tmp_path, "--version")
+    assert done.returncode == 0 and done.stdout.startswith("macvtap-hook ")
+
+
+def test_unknown_command_is_a_usage_error(tmp_path: Path) -> None:
+    assert run(tmp_path, "frobnicate").returncode == 2
+
+
+@pytest.mark.parametrize("name", [n for n in HOSTILE if "\x00" not in n], ids=repr)
+def test_hostile_udev_input_one_line_exit_2_nothing_touched(tmp_path: Path, name: str) -> None:
+    run(tmp_path, "--version")  # writes the test's config file
+    before = files_under(tmp_path)
+    for action in ("add", "remove", "move"):
+        done = run(tmp_path, "udev", env={"ACTION": action, "SUBSYSTEM": "net", "INTERFACE": name})
+        assert done.returncode == 2, done.stderr
+        assert "Traceback" not in done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1
+        assert done.stdout == ""
+    assert files_under(tmp_path) == before
+
+
+@pytest.mark.parametrize("old", ["x" * 300, "a b", "a:b", "..", "x\ny"], ids=repr)
+def test_hostile_old_name_of_a_rename(tmp_path: Path, old: str) -> None:
+    env = {"ACTION": "move", "SUBSYSTEM": "net", "INTERFACE": "ok0", "DEVPATH_OLD": f"/devices/virtual/net/{old}"}
+    done = run(tmp_path, "udev", env=env)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert not (tmp_path / "run").exists() and not (tmp_path / "state").exists()
+
+
+@pytest.mark.parametrize(
+    "env",
+    [{}, {"ACTION": "add"}, {"INTERFACE": "eth0"}, {"ACTION": "add", "INTERFACE": "eth0", "SUBSYSTEM": "block"}],
+)
+def test_udev_env_missing_parts(tmp_path: Path, env: dict[str, str]) -> None:
+    done = run(tmp_path, "udev", env=env)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "code"),
+    [
+        (["nm-dispatcher"], 2),
+        (["nm-dispatcher", "eth0"], 2),
+        (["nm-dispatcher", "", "hostname"], 0),
+        (["nm-dispatcher", "eth0", "connectivity-change"], 0),
+        (["nm-dispatcher", "eth0", "bogus"], 0),
+        (["nm-dispatcher", "a;reboot", "up"], 0),
+        (["nm-dispatcher", "$(touch /tmp/pwned)", "up"], 2),
+        (["nm-dispatcher", "x" * 300, "up"], 2),
+        (["nm-dispatcher", "a\nb", "up"], 2),
+    ],
+)
+def test_networkmanager_calls(tmp_path: Path, args: list[str], code: int) -> None:
+    (tmp_path / "state").mkdir(mode=0o700)
+    (tmp_path / "state" / "state.json").write_text('{"schema": 1, "parked": []}')
+    done = run(tmp_path, *args)
+    assert done.returncode == code, done.stderr
+    assert "Traceback" not in done.stderr and done.stdout == ""
+    assert not Path("/tmp/pwned").exists()
+
+
+def test_add_of_unrelated_interface_is_cheap_and_silent(tmp_path: Path) -> None:
+    (tmp_path / "state").mkdir(mode=0o700)
+    (tmp_path / "state" / "state.json").write_text('{"schema": 1, "parked": []}')
+    done = run(tmp_path, "udev", env={"ACTION": "add", "SUBSYSTEM": "net", "INTERFACE": "eth9"})
+    assert (done.returncode, done.stderr) == (0, "")
+    assert not (tmp_path / "run").exists(), "no lock, no hint"
+
+
+def test_unreachable_libvirt_keeps_the_hint(tmp_path: Path) -> None:
+    done = run(tmp_path, "udev", env={"ACTION": "remove", "SUBSYSTEM": "net", "INTERFACE": "eth9"})
+    assert done.returncode == 5, done.stderr
+    assert "kept for the next run" in done.stderr and "Traceback" not in done.stderr
+    assert len(list((tmp_path / "run" / "hints").iterdir())) == 1
+    status = json.loads(run(tmp_path, "status", "--json").stdout)
+    assert status["pending_events"] == 1
+
+
+def test_status_on_empty_and_corrupt_state(tmp_path: Path) -> None:
+    done = run(tmp_path, "status")
+    assert done.returncode == 0 and "no parked NICs" in done.stdout
+    body = json.loads(run(tmp_path, "status", "--json").stdout)
+    assert body["parked"] == [] and body["schema"] == 1
+    (tmp_path / "state").mkdir(mode=0o700)
+    (tmp_path / "state" / "state.json").write_text("{garbage")
+    done = run(tmp_path, "status", "--check")
+    assert done.returncode == 1 and "unreadable" in done.stdout
+
+
+def test_libvirt_hook_always_exits_0_and_prints_nothing(tmp_path: Path) -> None:
+    for args, stdin in [
+        ([], b""),
+        (["vm1", "release", "end", "-"], b"<domain><uuid>u1</uuid></domain>"),
+        (["vm1", "release", "end", "-"], b"not xml"),
+        (["vm1", "reconnect", "begin", "-"], b"<domain/>"),
+    ]:
+        done = run(tmp_path, "libvirt-hook", *args, stdin=stdin)
+        assert (done.returncode, done.stdout) == (0, ""), done.stderr
+        assert "Traceback" not in done.stderr
+
+
+def test_libvirt_hook_prunes_released_domain(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    rec = {"uri": "qemu:///system", "uuid": "u1", "domain_id": 4, "domain": "vm1", "mac": "52:54:00:00:00:01",
+           "uplink": "eth1", "xml": "<interface type='direct'/>", "state": "parked"}  # fmt: skip
+    other = dict(rec, uuid="u2", domain="vm2")
+    (state / "state.json").write_text(json.dumps({"schema": 1, "parked": [rec, other]}))
+    done = run(tmp_path, "libvirt-hook", "vm1", "release", "end", "-", stdin=b"<domain><uuid>u1</uuid></domain>")
+    assert done.returncode == 0
+    left = json.loads((state / "state.json").read_text())["parked"]
+    assert [r["uuid"] for r in left] == ["u2"]
+
+
+def test_bad_config_is_refused_with_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    for text in ["uris = 3\n", "bogus_key = 1\n", "state_dir = 'relative'\n", "[[[\n", "detach_timeout = -1\n"]:
+        config.write_text(text)
+        done = run(tmp_path, "status")
+        assert done.returncode == 3, (text, done.stderr)
+        assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="ownership checks apply to root only")
+def test_world_writable_config_is_refused(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text("lock_timeout = 1\n")
+    config.chmod(0o666)
+    done = run(tmp_path, "status")
+    assert done.returncode == 3 and "writable by group or others" in done.stderr
