@@ -97,3 +97,89 @@ def testbed(harness: Any, tmp_path: Path) -> Iterator[Any]:
 def timings() -> dict[str, float]:
     """Record durations here; they are printed in the terminal summary."""
     return _TIMINGS
+
+
+# --------------------------------------------------------------------------- the tool, installed
+
+
+class InstalledHook:
+    """macvtap-hook installed with `install --runtime`, as udevd runs it.
+
+    Its configuration points the state and lock folders at this test's own
+    folder and logs to a file there, so each test starts from nothing and
+    can read what the hook did.
+    """
+
+    CONFIG = Path("/etc/macvtap-hook/config.toml")
+
+    def __init__(self, workdir: Path) -> None:
+        self.binary = str(Path(sys.executable).parent / "macvtap-hook")
+        if not os.access(self.binary, os.X_OK):
+            pytest.fail(f"{self.binary} is not installed: pip install . first")
+        self.state_dir = workdir / "state"
+        self.run_dir = workdir / "run"
+        self.log_file = workdir / "hook.log"
+        self.extra_config = ""
+
+    @property
+    def state_file(self) -> Path:
+        return self.state_dir / "state.json"
+
+    def write_config(self, extra: str = "") -> None:
+        self.CONFIG.parent.mkdir(parents=True, exist_ok=True)
+        self.CONFIG.write_text(
+            f'state_dir = "{self.state_dir}"\nrun_dir = "{self.run_dir}"\nlog_file = "{self.log_file}"\n'
+            f'handoff = "inline"\n{extra}'
+        )
+        self.CONFIG.chmod(0o644)
+
+    def cli(self, *args: str, check: bool = True, timeout: float = 120) -> Any:
+        import subprocess
+
+        done = subprocess.run(
+            [self.binary, *args], capture_output=True, text=True, timeout=timeout, check=False,
+            env={"PATH": os.environ["PATH"], "MACVTAP_HOOK_LOG": "stderr"},
+        )  # fmt: skip
+        if check and done.returncode != 0:
+            raise AssertionError(f"macvtap-hook {' '.join(args)} exited {done.returncode}: {done.stderr}")
+        return done
+
+    def status(self) -> dict[str, Any]:
+        import json
+
+        body: dict[str, Any] = json.loads(self.cli("status", "--json").stdout)
+        return body
+
+    def parked(self) -> list[dict[str, Any]]:
+        return list(self.status()["parked"])
+
+    def log(self) -> str:
+        return self.log_file.read_text() if self.log_file.exists() else ""
+
+    @staticmethod
+    def settle() -> None:
+        import subprocess
+
+        subprocess.run(["udevadm", "settle", "--timeout=120"], check=True)
+
+
+@pytest.fixture
+def hook(harness: Any, tmp_path: Path) -> Iterator[InstalledHook]:
+    """The tool installed for one test (udev rule in /run/udev/rules.d)."""
+    installed = InstalledHook(tmp_path)
+    backup = InstalledHook.CONFIG.read_bytes() if InstalledHook.CONFIG.exists() else None
+    installed.write_config()
+    try:
+        installed.cli("install", "--runtime")
+        yield installed
+    finally:
+        try:
+            installed.settle()
+            installed.cli("uninstall", "--runtime", check=False)
+        finally:
+            if backup is None:
+                InstalledHook.CONFIG.unlink(missing_ok=True)
+            else:
+                InstalledHook.CONFIG.write_bytes(backup)
+            if installed.log_file.exists():
+                sys.stderr.write(f"--- hook log of this test ---\n{installed.log()}")

@@ -1,0 +1,173 @@
+"""Issue 2 on the real stack: udevd runs the installed rule, libvirtd
+hot-unplugs and re-plugs the NIC of a booted guest, and the guest's own
+pings through the new macvtap are the proof."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+def macvtap_alive_on(harness: Any, guest: Any, mac: str, uplink: Any) -> str:
+    """The NIC's macvtap, checked against `ip -d link` (not against the tool)."""
+    tap = guest.macvtap_of(mac)
+    assert tap, f"{mac} has no macvtap in the live XML"
+    (info,) = harness.link_info(tap)
+    assert info["linkinfo"]["info_kind"] == "macvtap"
+    assert info["address"] == mac
+    assert info["link"] == uplink.name, f"{tap} sits on {info.get('link')}, not {uplink.name}"
+    return str(tap)
+
+
+def cycle(harness: Any, hook: Any, guest: Any, nics: list[Any], uplink: Any, timings: dict[str, float], tag: str) -> None:
+    """Delete the uplink, see the NICs parked; re-create it, see them pinging again."""
+    for nic in nics:
+        guest.wait_for_ping(nic.mac, timeout=90)
+    slots = {nic.mac: harness.interface_element(guest.live_xml(), nic.mac).find("address").attrib for nic in nics}
+    uplink.delete()
+    hook.settle()
+    for nic in nics:
+        assert guest.interface_xml(nic.mac) is None, f"{nic.mac} was not parked\n{hook.log()}"
+    parked = {p["mac"]: p for p in hook.parked()}
+    assert set(parked) == {n.mac for n in nics}
+    for p in parked.values():
+        assert (p["state"], p["uplink"], p["domain"]) == ("parked", uplink.name, guest.name)
+
+    pos = guest.console_position()
+    start = time.monotonic()
+    uplink.recreate()
+    hook.settle()
+    timings[f"{tag}: uplink back -> NICs attached (settled)"] = time.monotonic() - start
+    for nic in nics:
+        macvtap_alive_on(harness, guest, nic.mac, uplink)
+        again = harness.interface_element(guest.live_xml(), nic.mac).find("address").attrib
+        assert again == slots[nic.mac], "same PCI slot"
+        guest.wait_for_ping(nic.mac, after_line=pos, timeout=30)
+    timings[f"{tag}: uplink back -> guest pings"] = time.monotonic() - start
+    assert hook.parked() == []
+
+
+@pytest.mark.parametrize("mode", ["bridge", "vepa", "private", "passthrough"])
+def test_park_on_removal_reattach_on_return(harness, testbed, hook, timings, mode) -> None:  # type: ignore[no-untyped-def]
+    up = testbed.uplink(0)
+    nic = harness.Nic.direct(up, 10, mode=mode)
+    guest = testbed.guest([nic])
+    cycle(harness, hook, guest, [nic], up, timings, mode)
+    live = harness.interface_element(guest.live_xml(), nic.mac)
+    assert live.find("source").get("mode") == mode
+    assert live.find("model").get("type") == "virtio"
+    assert f"parking: uplink {up.name} is gone" in hook.log() or "parking" in hook.log()
+    assert "re-attached NIC" in hook.log()
+
+
+def test_two_guests_on_one_uplink(harness, testbed, hook, timings) -> None:  # type: ignore[no-untyped-def]
+    up = testbed.uplink(0)
+    a, b = harness.Nic.direct(up, 10), harness.Nic.direct(up, 11)
+    ga, gb = testbed.guest([a]), testbed.guest([b])
+    for g, n in ((ga, a), (gb, b)):
+        g.wait_for_ping(n.mac, timeout=90)
+    up.delete()
+    hook.settle()
+    assert {p["mac"] for p in hook.parked()} == {a.mac, b.mac}
+    pos_a, pos_b = ga.console_position(), gb.console_position()
+    up.recreate()
+    hook.settle()
+    ga.wait_for_ping(a.mac, after_line=pos_a, timeout=30)
+    gb.wait_for_ping(b.mac, after_line=pos_b, timeout=30)
+    macvtap_alive_on(harness, ga, a.mac, up)
+    macvtap_alive_on(harness, gb, b.mac, up)
+    assert hook.parked() == []
+
+
+def test_one_guest_two_uplinks_only_one_goes(harness, testbed, hook) -> None:  # type: ignore[no-untyped-def]
+    up0, up1 = testbed.uplink(0), testbed.uplink(1)
+    n0, n1 = harness.Nic.direct(up0, 10), harness.Nic.direct(up1, 10)
+    guest = testbed.guest([n0, n1])
+    guest.wait_for_ping(n0.mac, timeout=90)
+    guest.wait_for_ping(n1.mac, timeout=90)
+    tap1 = macvtap_alive_on(harness, guest, n1.mac, up1)
+    up0.delete()
+    hook.settle()
+    assert [p["mac"] for p in hook.parked()] == [n0.mac]
+    pos = guest.console_position()
+    guest.wait_for_ping(n1.mac, after_line=pos, timeout=30)  # the other NIC never stopped
+    assert macvtap_alive_on(harness, guest, n1.mac, up1) == tap1
+    up0.recreate()
+    hook.settle()
+    guest.wait_for_ping(n0.mac, after_line=pos, timeout=30)
+    assert macvtap_alive_on(harness, guest, n1.mac, up1) == tap1, "the untouched NIC kept its macvtap"
+
+
+def test_pool_network_nic_comes_back_through_the_network(harness, testbed, hook, timings) -> None:  # type: ignore[no-untyped-def]
+    up = testbed.uplink(4)
+    testbed.pool_network("net0", [up.name])
+    nic = harness.Nic.on_network(f"{testbed.prefix}-net0", up, 10)
+    guest = testbed.guest([nic])
+    cycle(harness, hook, guest, [nic], up, timings, "pool network")
+    source = harness.interface_element(guest.live_xml(), nic.mac).find("source")
+    assert source.get("network") == f"{testbed.prefix}-net0"
+
+
+def test_uplink_recreated_faster_than_events_are_handled(harness, testbed, hook) -> None:  # type: ignore[no-untyped-def]
+    """udevd holds both events until the uplink is already back: the NIC
+    then looks attached, but its macvtap is gone: it must be repaired."""
+    up = testbed.uplink(0)
+    nic = harness.Nic.direct(up, 10)
+    guest = testbed.guest([nic])
+    guest.wait_for_ping(nic.mac, timeout=90)
+    old_tap = guest.macvtap_of(nic.mac)
+    subprocess.run(["udevadm", "control", "--stop-exec-queue"], check=True)
+    try:
+        up.delete()
+        up.recreate()
+        time.sleep(0.5)
+        pos = guest.console_position()
+    finally:
+        subprocess.run(["udevadm", "control", "--start-exec-queue"], check=True)
+    hook.settle()
+    new_tap = macvtap_alive_on(harness, guest, nic.mac, up)
+    assert new_tap != old_tap
+    guest.wait_for_ping(nic.mac, after_line=pos, timeout=30)
+    assert hook.parked() == []
+    assert "repairing" in hook.log()
+
+
+def test_renamed_uplink_is_left_alone(harness, testbed, hook) -> None:  # type: ignore[no-untyped-def]
+    up = testbed.uplink(0)
+    nic = harness.Nic.direct(up, 10)
+    guest = testbed.guest([nic])
+    guest.wait_for_ping(nic.mac, timeout=90)
+    tap = guest.macvtap_of(nic.mac)
+    up.rename(f"{testbed.prefix}0r")
+    hook.settle()
+    pos = guest.console_position()
+    guest.wait_for_ping(nic.mac, after_line=pos, timeout=30)
+    assert guest.macvtap_of(nic.mac) == tap
+    assert macvtap_alive_on(harness, guest, nic.mac, up) == tap
+    assert hook.parked() == []
+    assert "parking" not in hook.log() and "repairing" not in hook.log()
+
+
+def test_churn_of_unrelated_interfaces_is_ignored(harness, testbed, hook) -> None:  # type: ignore[no-untyped-def]
+    up = testbed.uplink(0)
+    nic = harness.Nic.direct(up, 10)
+    guest = testbed.guest([nic])
+    guest.wait_for_ping(nic.mac, timeout=90)
+    tap = guest.macvtap_of(nic.mac)
+    for i in range(15):
+        name = f"{testbed.prefix}x{i}"
+        harness.run(["ip", "link", "add", name, "type", "veth", "peer", "name", f"{name}p"])
+        harness.run(["ip", "link", "set", f"{name}p", "name", f"{name}q"])
+        harness.run(["ip", "link", "del", name])
+    hook.settle()
+    pos = guest.console_position()
+    guest.wait_for_ping(nic.mac, after_line=pos, timeout=30)
+    assert guest.macvtap_of(nic.mac) == tap
+    assert hook.parked() == []
+    for word in ("parking", "repairing", "re-attached", "error", "Traceback"):
+        assert word not in hook.log()
