@@ -26,7 +26,6 @@ class Config:
     run_dir: Path = Path("/run/macvtap-hook")
     lock_timeout: float = 30.0
     detach_timeout: float = 10.0
-    attach_timeout: float = 5.0
     handoff: str = "auto"
     log_file: Path | None = None
     source: Path | None = field(default=None, compare=False)
@@ -82,7 +81,7 @@ def _from_mapping(data: dict[str, Any], path: Path) -> Config:
             values[key] = _absolute(data[key], key, path)
     if data.get("log_file"):
         values["log_file"] = _absolute(data["log_file"], "log_file", path)
-    for key in ("lock_timeout", "detach_timeout", "attach_timeout"):
+    for key in ("lock_timeout", "detach_timeout"):
         if key in data:
             value = data[key]
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 600:

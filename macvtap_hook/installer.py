@@ -54,7 +54,8 @@ class Layout:
 
 def entry_point() -> str:
     """The absolute path of this installation's `macvtap-hook` script."""
-    candidates = [Path(sys.argv[0]), Path(sys.executable).parent / "macvtap-hook"]
+    # The interpreter's own bin folder first: argv[0] may be a symlink on PATH.
+    candidates = [Path(sys.executable).parent / "macvtap-hook", Path(sys.argv[0])]
     for cand in candidates:
         if cand.name == "macvtap-hook" and cand.is_file() and os.access(cand, os.X_OK):
             return str(cand.absolute())
@@ -138,16 +139,21 @@ class Installer:
         if lay.libvirt_hooks_dir.is_dir() or lay.at("/etc/libvirt").is_dir():
             self._link(lay.libvirt_hooks_dir / "qemu.d" / hostfiles.LIBVIRT_HOOK_NAME, hook_wrapper)
         if self.systemd:
+            before = len(self.actions)
             self._write(lay.units_dir / hostfiles.WORKER_UNIT, hostfiles.worker_unit(binary), 0o644)
             self._write(lay.units_dir / hostfiles.RECONCILE_UNIT, hostfiles.reconcile_unit(binary), 0o644)
-            self._run("systemctl", "daemon-reload")
-            if not lay.runtime:
-                self._run("systemctl", "enable", hostfiles.RECONCILE_UNIT)
+            if len(self.actions) > before:
+                self._run("systemctl", "daemon-reload")
+                if not lay.runtime:
+                    self._run("systemctl", "enable", hostfiles.RECONCILE_UNIT)
         if lay.live_system and not self.dry_run:
             ensure_private_dir(self.cfg.state_dir)
             ensure_private_dir(self.cfg.run_dir)
+            # An existing (even empty) state file is what lets the cheap udev
+            # path trust that nothing is parked.
             StateStore(self.cfg.state_file).ensure_exists()
-        self._run("udevadm", "control", "--reload")
+        if self.actions:
+            self._run("udevadm", "control", "--reload")
         return self.actions
 
     def uninstall(self) -> list[str]:
@@ -164,7 +170,8 @@ class Installer:
             lay.libexec_dir / "libvirt-qemu",
         ):
             self._remove(path)
-        if self.systemd:
-            self._run("systemctl", "daemon-reload")
-        self._run("udevadm", "control", "--reload")
+        if self.actions:
+            if self.systemd:
+                self._run("systemctl", "daemon-reload")
+            self._run("udevadm", "control", "--reload")
         return self.actions

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 
 from macvtap_hook import nicxml
 from macvtap_hook.errors import DomainGone, HypervisorError, HypervisorUnavailable
-from macvtap_hook.model import DomainRef, DomainView, LiveNic, Link, Links, ParkedNic
+from macvtap_hook.model import DomainRef, DomainView, Link, Links, LiveNic, ParkedNic
 
 
 class FakeLinks:

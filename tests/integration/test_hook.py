@@ -24,7 +24,9 @@ def macvtap_alive_on(harness: Any, guest: Any, mac: str, uplink: Any) -> str:
     return str(tap)
 
 
-def cycle(harness: Any, hook: Any, guest: Any, nics: list[Any], uplink: Any, timings: dict[str, float], tag: str) -> None:
+def cycle(
+    harness: Any, hook: Any, guest: Any, nics: list[Any], uplink: Any, timings: dict[str, float], tag: str
+) -> None:
     """Delete the uplink, see the NICs parked; re-create it, see them pinging again."""
     for nic in nics:
         guest.wait_for_ping(nic.mac, timeout=90)

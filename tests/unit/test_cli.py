@@ -13,7 +13,9 @@ import pytest
 from tests.unit.test_events import HOSTILE
 
 
-def run(tmp: Path, *args: str, env: dict[str, str] | None = None, stdin: bytes = b"") -> subprocess.CompletedProcess[str]:
+def run(
+    tmp: Path, *args: str, env: dict[str, str] | None = None, stdin: bytes = b""
+) -> subprocess.CompletedProcess[str]:
     config = tmp / "config.toml"
     if not config.exists():
         config.write_text(

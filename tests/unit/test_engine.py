@@ -288,18 +288,24 @@ def test_crash_at_any_step_converges_without_loss_or_duplicate(world: World, ste
     orig_detach, orig_attach, orig_save = hv.request_detach, hv.attach, world.store.save
 
     if step == "after-record":
+
         def detach(*a):  # type: ignore[no-untyped-def]
             raise Crash
+
         hv.request_detach = detach  # type: ignore[method-assign]
     elif step == "after-detach":
+
         def detach(*a):  # type: ignore[no-untyped-def]
             orig_detach(*a)
             raise Crash
+
         hv.request_detach = detach  # type: ignore[method-assign]
     elif step == "after-attach":
+
         def attach(*a):  # type: ignore[no-untyped-def]
             orig_attach(*a)
             raise Crash
+
         hv.attach = attach  # type: ignore[method-assign]
     else:
         calls = iter(range(100))
@@ -310,6 +316,7 @@ def test_crash_at_any_step_converges_without_loss_or_duplicate(world: World, ste
                 tmp.write_bytes(b"{")
                 raise Crash
             orig_save(records)
+
         world.store.save = save  # type: ignore[method-assign]
 
     world.links.delete("up0")

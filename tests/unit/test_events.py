@@ -52,7 +52,12 @@ def test_other_actions_are_ignored(action: str) -> None:
 
 @pytest.mark.parametrize(
     "env",
-    [{}, {"ACTION": "add"}, {"ACTION": "add", "INTERFACE": ""}, {"ACTION": "add", "SUBSYSTEM": "block", "INTERFACE": "x"}],
+    [
+        {},
+        {"ACTION": "add"},
+        {"ACTION": "add", "INTERFACE": ""},
+        {"ACTION": "add", "SUBSYSTEM": "block", "INTERFACE": "x"},
+    ],
 )
 def test_incomplete_udev_environment_is_refused(env: dict[str, str]) -> None:
     with pytest.raises(BadEvent):

@@ -65,7 +65,7 @@ def test_metadata_round_trip_keeps_hostile_text_as_data(golden) -> None:  # type
     golden("metadata.xml", meta + "\n")
     wrapped = (
         f"<domain id='{view.ref.id}'><name>{view.ref.name}</name><uuid>{view.ref.uuid}</uuid><devices/>"
-        f"<metadata><mh:parked xmlns:mh='{nicxml.METADATA_URI}'>{meta[len('<parked>'):-len('</parked>')]}"
+        f"<metadata><mh:parked xmlns:mh='{nicxml.METADATA_URI}'>{meta[len('<parked>') : -len('</parked>')]}"
         "</mh:parked></metadata></domain>"
     )
     (back,) = nicxml.parse_domain(wrapped, "qemu:///system").parked

@@ -1,0 +1,76 @@
+"""The files shipped under udev-rules/, hooks/ and packaging/ are the
+renders `macvtap-hook install` writes, for /usr/bin/macvtap-hook."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from macvtap_hook import hostfiles as hf
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = hf.PACKAGED_BIN
+
+SHIPPED = {
+    f"udev-rules/{hf.RULE_NAME}": hf.udev_rule(BIN),
+    "hooks/nm-dispatcher": hf.wrapper(BIN, "nm-dispatcher", "NetworkManager dispatcher"),
+    "hooks/libvirt-qemu": hf.wrapper(BIN, "libvirt-hook", "libvirt qemu hook"),
+    f"packaging/systemd/{hf.WORKER_UNIT}": hf.worker_unit(BIN),
+    f"packaging/systemd/{hf.RECONCILE_UNIT}": hf.reconcile_unit(BIN),
+}
+
+
+@pytest.mark.parametrize("rel", sorted(SHIPPED))
+def test_shipped_file_is_the_render(rel: str, request: pytest.FixtureRequest) -> None:
+    path = REPO / rel
+    if request.config.getoption("--regenerate-output"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(SHIPPED[rel])
+        if rel.startswith("hooks/"):
+            path.chmod(0o755)
+    assert path.read_text() == SHIPPED[rel], f"{rel} differs from macvtap_hook/hostfiles.py"
+    if rel.startswith("hooks/"):
+        assert path.stat().st_mode & 0o111, f"{rel} must be executable"
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
+def test_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
+    # verify wants the ExecStart binary to exist: point it at /bin/true.
+    for name, text in (
+        (hf.WORKER_UNIT, hf.worker_unit("/bin/true")),
+        (hf.RECONCILE_UNIT, hf.reconcile_unit("/bin/true")),
+    ):
+        (tmp_path / name).write_text(text)
+    inst = tmp_path / "macvtap-hook@42.service"
+    inst.symlink_to(tmp_path / hf.WORKER_UNIT)
+    done = subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", str(tmp_path / hf.RECONCILE_UNIT), str(inst)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    problems = [
+        line for line in done.stderr.splitlines()
+        if "macvtap-hook" in line and "libvirtd.service" not in line and "virtqemud.service" not in line
+    ]  # fmt: skip
+    assert not problems, done.stderr
+
+
+def test_udev_rule_is_valid_syntax_for_udevadm(tmp_path: Path) -> None:
+    text = hf.udev_rule("/usr/bin/macvtap-hook")
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            assert line.count('"') % 2 == 0, line
+            for clause in line.split(", "):
+                assert any(op in clause for op in ("==", "!=", "+=", "=")), clause
+
+
+@pytest.mark.parametrize("path", ["/usr/bin/macvtap-hook", "/opt/venv-3.11/bin/macvtap-hook"])
+def test_safe_paths(path: str) -> None:
+    assert hf.safe_path(path)
+
+
+@pytest.mark.parametrize("path", ["relative/x", "/a b/x", "/a%k/x", "/a$x", '/a"b', "/a\nb"])
+def test_unsafe_paths(path: str) -> None:
+    assert not hf.safe_path(path)
