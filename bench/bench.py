@@ -75,7 +75,7 @@ def bench_irrelevant_event(runs: int, work: Path) -> None:
         [sys.executable, "-X", "importtime", BIN, "udev"], env=env, capture_output=True, text=True, check=False
     ).stderr
     imported = {line.rpartition("|")[2].strip() for line in loaded.splitlines() if line.startswith("import time:")}
-    heavy = sorted(imported & {"libvirt", "pyroute2", "filelock", "pyudev", "asyncio"})
+    heavy = sorted(imported & {"libvirt", "pyroute2", "filelock", "asyncio"})
     print(f"    heavy modules imported: {', '.join(heavy) or 'none'}")
 
 

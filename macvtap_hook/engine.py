@@ -193,14 +193,11 @@ class Engine:
         failed: set[Key] = set()
         for p in parks:
             key = (p.domain.uri, p.domain.uuid, p.nic.mac)
-            why = "repairing: its macvtap is gone although" if p.reattach else "parking: uplink"
-            log.info(
-                "%s %s %s is %s",
-                why,
-                _nic(p.domain, p.nic.mac),
-                p.nic.source_dev or p.nic.network,
-                "back" if p.reattach else "gone",
-            )
+            uplink = p.nic.source_dev or p.nic.network
+            if p.reattach:
+                log.info("repairing %s: its macvtap died although uplink %s is back", _nic(p.domain, p.nic.mac), uplink)
+            else:
+                log.info("parking %s: uplink %s is gone", _nic(p.domain, p.nic.mac), uplink)
             try:
                 self.hypervisors[p.domain.uri].request_detach(p.domain, p.nic)
                 pending[key] = p

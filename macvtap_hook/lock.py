@@ -16,7 +16,8 @@ def held(path: Path, timeout: float) -> Iterator[None]:
     import filelock  # lazily: the cheap udev path never locks
 
     ensure_private_dir(path.parent)
-    lock = filelock.FileLock(str(path), timeout=timeout, mode=0o600)
+    # No mode=: filelock < 3.10 (Debian 12) lacks it, and the folder is 0700 anyway.
+    lock = filelock.FileLock(str(path), timeout=timeout)
     try:
         lock.acquire()
     except filelock.Timeout:

@@ -146,9 +146,16 @@ def plan(snap: Snapshot, *, retry_stuck: bool = False, only: frozenset[str] | No
             park.append(Park(dom.ref, nic, cands, reattach=back, previous=rec))
 
     domains = {(d.ref.uri, d.ref.uuid): d for d in snap.domains}
-    for key, rec in records.items():
+    for key, found in list(records.items()):
         if key in seen:
             continue
+        rec = found
+        if rec.state != "parked" and rec.domain.uri in snap.reachable:
+            # Its NIC is gone from the guest: an interrupted detach finished,
+            # or a stuck guest let go at last. Either way it is parked now.
+            rec = rec.evolve(state="parked", last_error=None)
+            records[key] = rec
+            resync.append(rec)
         if rec.domain.uri not in snap.reachable:
             waiting.append(rec)
             continue

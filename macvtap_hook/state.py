@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from macvtap_hook.model import PARK_STATES, DomainRef, ParkedNic
-from macvtap_hook.safety import ensure_private_dir
+from macvtap_hook.safety import check_owned_by_root, ensure_private_dir
 
 SCHEMA = 1
 log = logging.getLogger(__name__)
@@ -120,6 +120,9 @@ class StateStore:
             raw = self.path.read_bytes()
         except FileNotFoundError:
             return ()
+        # The records become XML attached to guests: only root may have written them.
+        check_owned_by_root(self.path.parent)
+        check_owned_by_root(self.path)
         try:
             return parse_state(raw)
         except CorruptState as exc:

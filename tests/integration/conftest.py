@@ -183,3 +183,65 @@ def hook(harness: Any, tmp_path: Path) -> Iterator[InstalledHook]:
                 InstalledHook.CONFIG.write_bytes(backup)
             if installed.log_file.exists():
                 sys.stderr.write(f"--- hook log of this test ---\n{installed.log()}")
+
+
+@pytest.fixture
+def configured(harness: Any, tmp_path: Path) -> Iterator[InstalledHook]:
+    """The tool configured for one test but with no udev rule: only the
+    commands the test runs act."""
+    tool = InstalledHook(tmp_path)
+    backup = InstalledHook.CONFIG.read_bytes() if InstalledHook.CONFIG.exists() else None
+    tool.write_config()
+    try:
+        yield tool
+    finally:
+        if backup is None:
+            InstalledHook.CONFIG.unlink(missing_ok=True)
+        else:
+            InstalledHook.CONFIG.write_bytes(backup)
+        if tool.log_file.exists():
+            sys.stderr.write(f"--- tool log of this test ---\n{tool.log()}")
+
+
+def libvirtd_running() -> bool:
+    import subprocess
+
+    return subprocess.run(["pgrep", "-x", "libvirtd"], capture_output=True, check=False).returncode == 0
+
+
+def stop_libvirtd() -> None:
+    """Stop libvirtd the way a crash or `systemctl stop` would; guests keep running."""
+    import subprocess
+    import time
+
+    subprocess.run(["pkill", "-x", "libvirtd"], check=False)
+    deadline = time.monotonic() + 30
+    while libvirtd_running():
+        if time.monotonic() > deadline:
+            pytest.fail("libvirtd did not stop")
+        time.sleep(0.1)
+
+
+def start_libvirtd() -> None:
+    import subprocess
+    import time
+
+    if not libvirtd_running():
+        subprocess.run(["libvirtd", "-d"], check=True)
+    deadline = time.monotonic() + 60
+    while subprocess.run(["virsh", "-c", "qemu:///system", "version"], capture_output=True, check=False).returncode:
+        if time.monotonic() > deadline:
+            pytest.fail("libvirtd did not come back")
+        time.sleep(0.2)
+
+
+def reconnect(testbed: Any, harness: Any) -> None:
+    """Point the test bed's objects at a new libvirt connection."""
+    conn = harness.connect()
+    testbed.conn = conn
+    for guest in testbed.guests:
+        guest.conn = conn
+        try:
+            guest.dom = conn.lookupByUUIDString(guest.uuid)
+        except Exception:  # libvirt.libvirtError: it is not running any more
+            guest.dom = None

@@ -63,7 +63,7 @@ def test_park_on_removal_reattach_on_return(harness, testbed, hook, timings, mod
     live = harness.interface_element(guest.live_xml(), nic.mac)
     assert live.find("source").get("mode") == mode
     assert live.find("model").get("type") == "virtio"
-    assert f"parking: uplink {up.name} is gone" in hook.log() or "parking" in hook.log()
+    assert f"parking NIC {nic.mac} of domain {guest.name}: uplink {up.name} is gone" in hook.log()
     assert "re-attached NIC" in hook.log()
 
 

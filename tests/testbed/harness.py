@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -323,7 +324,10 @@ class Guest:
         *,
         memory_mib: int = 256,
         cache: Path | None = None,
+        acpi: bool = True,
     ) -> None:
+        self.acpi = acpi
+        self.uuid = str(uuid.uuid4())  # kept across restarts: a restart is a new run of the same domain
         self.conn = conn
         self.name = name
         self.nics = list(nics)
@@ -347,6 +351,7 @@ class Guest:
         nics = "\n    ".join(n.xml(self.slot_of(i)) for i, n in enumerate(self.nics))
         return f"""<domain type='qemu'>
   <name>{self.name}</name>
+  <uuid>{self.uuid}</uuid>
   <memory unit='MiB'>{self.memory_mib}</memory>
   <vcpu>1</vcpu>
   <os>
@@ -355,7 +360,7 @@ class Guest:
     <initrd>{self.initrd}</initrd>
     <cmdline>{self.cmdline()}</cmdline>
   </os>
-  <features><acpi/></features>
+  <features>{"<acpi/>" if self.acpi else ""}</features>
   <on_poweroff>destroy</on_poweroff>
   <on_reboot>destroy</on_reboot>
   <on_crash>destroy</on_crash>
@@ -613,13 +618,15 @@ class Testbed:
     def uplink(self, index: int) -> Uplink:
         return Uplink.make(index, self.prefix)
 
-    def guest(self, nics: Sequence[Nic], name: str | None = None, start: bool = True, memory_mib: int = 256) -> Guest:
+    def guest(
+        self, nics: Sequence[Nic], name: str | None = None, start: bool = True, memory_mib: int = 256, acpi: bool = True
+    ) -> Guest:
         if name is None:
             name = f"{self.prefix}-g{self._guest_count}"
         elif not name.startswith(self.prefix):
             name = f"{self.prefix}-{name}"
         self._guest_count += 1
-        g = Guest(self.conn, name, nics, self.workdir, memory_mib=memory_mib)
+        g = Guest(self.conn, name, nics, self.workdir, memory_mib=memory_mib, acpi=acpi)
         self.guests.append(g)
         return g.start() if start else g
 

@@ -363,3 +363,16 @@ def test_paused_domain_is_not_asked_to_unplug(world: World) -> None:
     assert world.converge().parked == 0
     world.hv.guests[UUID1].running = True
     assert world.converge().parked == 1
+
+
+@pytest.mark.parametrize("left", ["detaching", "stuck"])
+def test_a_record_whose_nic_is_gone_becomes_parked(world: World, left: str) -> None:
+    world.hv.start("vm1", UUID1, [direct_nic(MAC1, "up0")])
+    world.links.delete("up0")
+    world.converge()
+    (rec,) = world.store.load()
+    world.store.save([rec.evolve(state=left, last_error="interrupted")])
+    world.converge()
+    (rec,) = world.store.load()
+    assert (rec.state, rec.last_error) == ("parked", None)
+    assert [m.state for m in parse_domain(world.hv.xml(UUID1), world.hv.uri).parked] == ["parked"]
