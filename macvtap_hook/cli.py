@@ -127,16 +127,17 @@ def _hand_off(cfg: Config, hint: Hint, seqnum: str | None) -> bool:
 
     from macvtap_hook.hints import HintQueue
 
-    HintQueue(cfg.hints_dir).put(hint)
+    written = HintQueue(cfg.hints_dir).put(hint)
     instance = seqnum if seqnum and seqnum.isdigit() else str(os.getpid())
     unit = f"macvtap-hook@{instance}.service"
     try:
         done = subprocess.run(["systemctl", "--no-block", "start", unit], capture_output=True, check=False, timeout=10)
+        failure = done.stderr.decode(errors="replace").strip() or f"exit {done.returncode}" if done.returncode else None
     except (OSError, subprocess.TimeoutExpired) as exc:
-        log.warning("could not hand %s to systemd (%s); running inline", hint.describe(), exc)
-        return False
-    if done.returncode != 0:
-        log.warning("systemctl start %s failed; running inline", unit)
+        failure = str(exc)
+    if failure:
+        log.warning("could not start %s (%s); running inline", unit, failure)
+        written.unlink(missing_ok=True)  # the inline run queues its own
         return False
     log.debug("%s: handed to %s", hint.describe(), unit)
     return True

@@ -293,3 +293,25 @@ def test_hostile_but_valid_interface_names(harness, testbed, hook, tmp_path) -> 
     guest.wait_for_ping(nic.mac, after_line=pos, timeout=30)
     assert "Traceback" not in hook.log() and "internal error" not in hook.log()
     assert json.loads(hook.cli("status", "--json").stdout)["parked"] == []
+
+
+def test_many_uplinks_going_and_coming_at_once(harness, testbed, hook) -> None:  # type: ignore[no-untyped-def]
+    """Concurrent handlers: one converges for all, the others wait or find
+    their event already handled; every NIC ends parked, then back."""
+    ups = [testbed.uplink(i) for i in range(3)]
+    nics = [harness.Nic.direct(up, 10) for up in ups]
+    guests = [testbed.guest([nic]) for nic in nics]
+    for g, n in zip(guests, nics, strict=True):
+        g.wait_for_ping(n.mac, timeout=120)
+    for up in ups:
+        up.delete()
+    hook.settle()
+    assert sorted(p["mac"] for p in hook.parked()) == sorted(n.mac for n in nics)
+    positions = [g.console_position() for g in guests]
+    for up in ups:
+        up.recreate()
+    hook.settle()
+    for g, n, up, pos in zip(guests, nics, ups, positions, strict=True):
+        one_nic_alive_and_pinging(harness, g, n, up, pos)
+    assert hook.parked() == []
+    assert "Traceback" not in hook.log()

@@ -1,0 +1,132 @@
+"""The run around the engine: hints, the lock, coalescing, and the hand-off
+to systemd (tested with a stand-in systemctl: these machines have no systemd)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.unit.test_cli import run
+
+# A converging run that takes a while and counts itself, instead of libvirt.
+SLOW_RUN = textwrap.dedent(
+    """
+    import sys, time
+    from macvtap_hook import runner
+    from macvtap_hook.engine import Report
+    log = sys.argv[1]
+    def converge_once(cfg, **kw):
+        with open(log, "a") as f:
+            f.write("run\\n")
+        time.sleep(0.6)
+        return Report()
+    runner.converge_once = converge_once
+    from macvtap_hook.cli import main
+    sys.exit(main(["udev"]))
+    """
+)
+
+
+def config(tmp_path: Path, extra: str = "") -> dict[str, str]:
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(f'state_dir = "{tmp_path}/state"\nrun_dir = "{tmp_path}/run"\nhandoff = "inline"\n{extra}')
+    return {"PATH": os.environ["PATH"], "MACVTAP_HOOK_CONFIG": str(cfg), "MACVTAP_HOOK_LOG": "stderr"}
+
+
+def test_concurrent_events_coalesce(tmp_path: Path) -> None:
+    env = config(tmp_path)
+    runs = tmp_path / "runs.log"
+    procs = []
+    for i in range(6):
+        ev = dict(env, ACTION="remove", SUBSYSTEM="net", INTERFACE=f"up{i}")
+        procs.append(subprocess.Popen([sys.executable, "-c", SLOW_RUN, str(runs)], env=ev, stderr=subprocess.PIPE))
+        time.sleep(0.05)
+    codes = [p.wait(timeout=60) for p in procs]
+    assert codes == [0] * 6
+    count = runs.read_text().count("run")
+    assert count < 6, f"{count} converging runs for 6 simultaneous events: nothing coalesced"
+    assert list((tmp_path / "run" / "hints").iterdir()) == [], "every event was acted on"
+
+
+def test_lock_timeout_keeps_the_hint(tmp_path: Path) -> None:
+    env = config(tmp_path, "lock_timeout = 0.3\n")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import filelock,sys,time; l=filelock.FileLock(sys.argv[1]); l.acquire(); time.sleep(5)",
+         str(tmp_path / "run" / "lock")],
+    )  # fmt: skip
+    (tmp_path / "run").mkdir(mode=0o700, exist_ok=True)
+    time.sleep(0.5)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "macvtap_hook", "udev"], env=dict(env, ACTION="remove", INTERFACE="up0"),
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+    finally:
+        holder.kill()
+        holder.wait()
+    assert done.returncode == 4, done.stderr
+    assert "kept for the next run" in done.stderr
+    assert len(list((tmp_path / "run" / "hints").iterdir())) == 1
+
+
+@pytest.fixture
+def fake_systemctl(tmp_path: Path) -> Path:
+    """A systemctl that records its arguments (and fails for unit 'fail')."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    script = bindir / "systemctl"
+    script.write_text(
+        f'#!/bin/sh\nprintf "%s\\n" "$*" >> {tmp_path}/systemctl.calls\ncase "$*" in *@999.service*) exit 1;; esac\n'
+    )
+    script.chmod(0o755)
+    return bindir
+
+
+def test_systemd_handoff_starts_one_instance_per_event(tmp_path: Path, fake_systemctl: Path) -> None:
+    env = config(tmp_path)
+    env["MACVTAP_HOOK_CONFIG"] = str(tmp_path / "sd.toml")
+    (tmp_path / "sd.toml").write_text(
+        f'state_dir = "{tmp_path}/state"\nrun_dir = "{tmp_path}/run"\nhandoff = "systemd"\n'
+        'uris = ["qemu+unix:///system?socket=/nonexistent/sock"]\n'
+    )
+    env["PATH"] = f"{fake_systemctl}:{env['PATH']}"
+    done = subprocess.run(
+        [sys.executable, "-m", "macvtap_hook", "udev"],
+        env=dict(env, ACTION="remove", SUBSYSTEM="net", INTERFACE="eth1", SEQNUM="4242"),
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert (done.returncode, done.stderr) == (0, "")
+    calls = (tmp_path / "systemctl.calls").read_text().splitlines()
+    assert calls == ["--no-block start macvtap-hook@4242.service"]
+    (hint,) = (tmp_path / "run" / "hints").iterdir()
+    assert json.loads(hint.read_text())["iface"] == "eth1"
+    assert not (tmp_path / "run" / "lock").exists(), "no libvirt work inside udev"
+
+    # The worker drains it (libvirt is unreachable here: the hint is kept).
+    done = run(tmp_path, "drain", env={"MACVTAP_HOOK_CONFIG": env["MACVTAP_HOOK_CONFIG"]})
+    assert done.returncode == 5
+    assert len(list((tmp_path / "run" / "hints").iterdir())) == 1
+
+
+def test_systemd_handoff_failure_falls_back_to_inline(tmp_path: Path, fake_systemctl: Path) -> None:
+    env = config(tmp_path)
+    (tmp_path / "sd.toml").write_text(
+        f'state_dir = "{tmp_path}/state"\nrun_dir = "{tmp_path}/run"\nhandoff = "systemd"\n'
+        'uris = ["qemu+unix:///system?socket=/nonexistent/sock"]\nlock_timeout = 1\n'
+    )
+    env.update(MACVTAP_HOOK_CONFIG=str(tmp_path / "sd.toml"), PATH=f"{fake_systemctl}:{env['PATH']}")
+    done = subprocess.run(
+        [sys.executable, "-m", "macvtap_hook", "udev"],
+        env=dict(env, ACTION="remove", SUBSYSTEM="net", INTERFACE="eth1", SEQNUM="999"),
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert "running inline" in done.stderr
+    assert done.returncode == 5, "inline run tried libvirt"
+    assert len(list((tmp_path / "run" / "hints").iterdir())) == 1, "one event, one kept hint"
