@@ -7,11 +7,12 @@ traceback to the log (never to udev's or NetworkManager's stderr).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from macvtap_hook import __version__
 from macvtap_hook.config import Config, load_config
@@ -23,14 +24,17 @@ from macvtap_hook.errors import (
     MacvtapHookError,
     UsageError,
 )
-from macvtap_hook.hints import Hint
+
+if TYPE_CHECKING:
+    from macvtap_hook.hints import Hint
 
 log = logging.getLogger("macvtap_hook")
+INLINE_BUDGET = 60.0  # seconds of draining an inline (udev) run may start rounds in
 
 EPILOG = """\
 exit codes:
   0   done (or nothing to do)
-  1   reconcile: a NIC is stuck or its re-attach keeps failing (see status)
+  1   reconcile, status --check: a NIC is stuck or its re-attach keeps failing
   2   bad arguments or a malformed event; nothing was changed
   3   unsafe or unreadable configuration, state or hook file
   4   another run held the lock too long; the event is kept for the next run
@@ -45,6 +49,8 @@ interface added, removed or renamed; NetworkManager runs 'nm-dispatcher'.
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     verbosity = 0
+    if args[:1] == ["libvirt-hook"]:
+        return _libvirt_hook(args[1:])  # before anything that could fail
     try:
         if args[:1] == ["udev"] and len(args) == 1:
             return _guard(_udev, 0)  # the hot path skips argparse
@@ -109,7 +115,8 @@ def _on_event(cfg: Config, hint: Hint | None, seqnum: str | None) -> int:
         return EXIT_OK
     from macvtap_hook.runner import run
 
-    run(cfg, hint)
+    # Inside udev: stay well within its event timeout (180 s by default).
+    run(cfg, hint, budget=INLINE_BUDGET)
     return EXIT_OK
 
 
@@ -143,14 +150,19 @@ def _hand_off(cfg: Config, hint: Hint, seqnum: str | None) -> bool:
     return True
 
 
-def _libvirt_hook(ns: Any, cfg: Config) -> int:
-    # Always 0, whatever happens: a failing hook can kill the guest.
+def _libvirt_hook(argv: Sequence[str]) -> int:
+    """libvirt's contract: DOMAIN OPERATION SUB-OPERATION EXTRA, the domain
+    XML on stdin. Always 0, whatever happens: a failing hook can kill the
+    guest (on 'reconnect') or keep it from starting."""
     try:
+        cfg = load_config()
+        _setup_logging(0, cfg)
         from macvtap_hook.libvirt_hook import handle
 
-        handle(cfg, ns.operation or "", sys.stdin.buffer)
-    except Exception:
-        log.exception("libvirt hook failed (ignored)")
+        handle(cfg, argv[1] if len(argv) > 1 else "", sys.stdin.buffer)
+    except BaseException:
+        with contextlib.suppress(BaseException):  # nothing may escape to libvirt
+            log.exception("libvirt hook failed (ignored)")
     return EXIT_OK
 
 
@@ -158,14 +170,13 @@ def _libvirt_hook(ns: Any, cfg: Config) -> int:
 
 
 def _reconcile(ns: Any, cfg: Config) -> int:
-    from macvtap_hook.engine import needs_attention
     from macvtap_hook.errors import NeedsAttention
     from macvtap_hook.ifname import check_ifname
     from macvtap_hook.runner import run
 
     only = frozenset(check_ifname(name) for name in ns.ifaces) or None
     report = run(cfg, None, retry_stuck=True, only=only)
-    attention = [r for r in (report.attention if report else []) if needs_attention(r)]
+    attention = report.attention if report else []
     if report is not None:
         log.info(
             "reconciled: %d parked, %d re-attached, %d forgotten, %d stuck, %d failed",
@@ -183,7 +194,7 @@ def _reconcile(ns: Any, cfg: Config) -> int:
 def _drain(ns: Any, cfg: Config) -> int:
     from macvtap_hook.runner import run
 
-    run(cfg, None)
+    run(cfg, None, drain_only=True)
     return EXIT_OK
 
 
@@ -252,11 +263,8 @@ def _parser() -> Any:
     p = sub.add_parser("drain", help="(run by the systemd worker) act on pending events")
     p.set_defaults(func=_drain)
 
-    p = sub.add_parser("libvirt-hook", help="(run by libvirt's qemu hook) forget a released domain's NICs")
-    p.add_argument("domain", nargs="?", default="")
-    p.add_argument("operation", nargs="?", default="")
-    p.add_argument("extra", nargs="*")
-    p.set_defaults(func=_libvirt_hook)
+    # Listed for --help only: main() handles it before argparse.
+    sub.add_parser("libvirt-hook", help="(run by libvirt's qemu hook) forget a released domain's NICs")
     return parser
 
 

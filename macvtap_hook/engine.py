@@ -10,20 +10,25 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from macvtap_hook import nicxml
 from macvtap_hook.errors import DomainGone, HypervisorError, HypervisorUnavailable
 from macvtap_hook.hypervisor import Hypervisor
 from macvtap_hook.links import LinkSource
-from macvtap_hook.model import DomainRef, ParkedNic
+from macvtap_hook.model import DomainRef, ParkedNic, nic_key
 from macvtap_hook.planner import Attach, Forget, Key, Park, Plan, Snapshot, plan
 from macvtap_hook.state import StateStore
 
 log = logging.getLogger(__name__)
 
 MAX_ROUNDS = 4  # a repair is park then attach: two rounds; more only while links churn
+BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+# QEMU's answer to a second unplug request: the first one is still running.
+_UNPLUG_PENDING = "already in the process of unplug"
 
 
 @dataclass
@@ -38,12 +43,15 @@ class Report:
     settled: bool = True
 
 
-def needs_attention(rec: ParkedNic) -> bool:
-    return rec.state == "stuck" or rec.last_error is not None
+def _nic(ref: DomainRef, mac: str) -> str:
+    return f"NIC {mac} of domain {ref.name}"
 
 
-def _nic(rec_or_ref: DomainRef, mac: str) -> str:
-    return f"NIC {mac} of domain {rec_or_ref.name}"
+def read_boot_id() -> str:
+    try:
+        return BOOT_ID.read_text().strip()
+    except OSError:
+        return ""
 
 
 class Engine:
@@ -53,20 +61,27 @@ class Engine:
         links: LinkSource,
         store: StateStore,
         *,
+        configured: Iterable[str] | None = None,
         detach_timeout: float = 10.0,
         poll_interval: float = 0.05,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
+        boot_id: Callable[[], str] = read_boot_id,
     ) -> None:
         self.hypervisors = {hv.uri: hv for hv in hypervisors}
         self.links = links
         self.store = store
+        self.configured = frozenset(configured) if configured is not None else None
         self.detach_timeout = detach_timeout
         self.poll_interval = poll_interval
         self.clock, self.wall, self.sleep = clock, wall, sleep
+        self.boot_id = boot_id()
         self.records: dict[Key, ParkedNic] = {}
         self.report = Report()
+        # Domains whose metadata cannot be written: nothing of theirs is
+        # detached (the second record must exist first), nor resynced again.
+        self.meta_failed: set[tuple[str, str]] = set()
 
     # -- gathering the truth -------------------------------------------------
 
@@ -95,7 +110,9 @@ class Engine:
         # Links last: a macvtap libvirt creates while we read the domains is
         # then seen, instead of its NIC looking dead.
         links = self.links.snapshot()
-        return Snapshot(links, tuple(domains), stored, pools, frozenset(reachable))
+        return Snapshot(
+            links, tuple(domains), stored, pools, frozenset(reachable), configured=self.configured, boot_id=self.boot_id
+        )
 
     # -- the loop ------------------------------------------------------------
 
@@ -106,8 +123,8 @@ class Engine:
             todo = plan(snap, retry_stuck=retry_stuck, only=only)
             todo = Plan(
                 forget=todo.forget,
-                resync=todo.resync,
-                park=tuple(p for p in todo.park if (p.domain.uri, p.domain.uuid, p.nic.mac) not in failed),
+                resync=tuple(r for r in todo.resync if (r.domain.uri, r.domain.uuid) not in self.meta_failed),
+                park=tuple(p for p in todo.park if nic_key(p.domain, p.nic.mac) not in failed),
                 attach=tuple(a for a in todo.attach if a.record.key not in failed),
                 waiting=todo.waiting,
             )
@@ -118,7 +135,7 @@ class Engine:
         else:
             self.report.settled = False
             log.warning("links kept changing for %d rounds; the next event or reconcile finishes the work", MAX_ROUNDS)
-        self.report.attention = [r for r in self.store.load() if needs_attention(r)]
+        self.report.attention = [r for r in self.store.load() if r.needs_attention]
         return self.report
 
     def execute(self, todo: Plan) -> set[Key]:
@@ -146,54 +163,68 @@ class Engine:
         self.report.forgotten += 1
         log.info("forgot parked %s (uplink %s): %s", _nic(rec.domain, rec.mac), rec.uplink, f.reason)
 
-    def _sync_metadata(self, domains: Iterable[DomainRef]) -> None:
-        """Make each domain's metadata list exactly its records of this run."""
+    def _sync_metadata(self, domains: Iterable[DomainRef]) -> set[tuple[str, str]]:
+        """Make each domain's metadata list exactly its records of this run;
+        returns the domains whose metadata could not be written."""
+        failed = set()
         for ref in domains:
             hv = self.hypervisors.get(ref.uri)
             if hv is None:
                 continue
-            mine = [
-                r
-                for r in self.records.values()
-                if (r.domain.uri, r.domain.uuid, r.domain.id) == (ref.uri, ref.uuid, ref.id)
-            ]
+            mine = [r for r in self.records.values() if (r.domain.uri, r.domain.uuid) == (ref.uri, ref.uuid)]
+            mine = [r for r in mine if r.domain.id == ref.id]
             try:
                 hv.write_metadata(ref, mine)
             except DomainGone:
                 pass  # its metadata died with it
             except (HypervisorError, HypervisorUnavailable) as exc:
                 log.warning("could not update the metadata of domain %s: %s", ref.name, exc)
+                failed.add((ref.uri, ref.uuid))
+        self.meta_failed |= failed
+        return failed
 
     # -- parking -------------------------------------------------------------
 
+    def _record(self, p: Park, run: str, now: float) -> ParkedNic:
+        prev = p.previous
+        # A retried record keeps the XML first recorded: the live one may
+        # since carry the link-down we set on a stuck NIC.
+        return ParkedNic(
+            domain=p.domain,
+            mac=p.nic.mac,
+            uplink=p.nic.source_dev or (p.candidates[0] if p.candidates else "?"),
+            candidates=p.candidates,
+            mode=p.nic.mode,
+            network=p.nic.network,
+            xml=prev.xml if prev is not None and prev.state == "stuck" and prev.domain.id == p.domain.id else p.nic.xml,
+            state="detaching",
+            since=prev.since if prev else now,
+            attempts=prev.attempts if prev else 0,
+            last_error=None,
+            run=run,
+            boot=self.boot_id,
+        )
+
     def _park(self, parks: Sequence[Park]) -> set[Key]:
         now = self.wall()
-        recs = {}
+        runs: dict[tuple[str, str], str] = {}
         for p in parks:
-            prev = p.previous
-            recs[(p.domain.uri, p.domain.uuid, p.nic.mac)] = ParkedNic(
-                domain=p.domain,
-                mac=p.nic.mac,
-                uplink=p.nic.source_dev or (p.candidates[0] if p.candidates else "?"),
-                candidates=p.candidates,
-                mode=p.nic.mode,
-                network=p.nic.network,
-                xml=p.nic.xml,
-                state="detaching",
-                since=prev.since if prev else now,
-                attempts=prev.attempts if prev else 0,
-                last_error=None,
-            )
+            runs.setdefault((p.domain.uri, p.domain.uuid), p.run or uuid.uuid4().hex)
+        for p in parks:
+            self.records[nic_key(p.domain, p.nic.mac)] = self._record(p, runs[(p.domain.uri, p.domain.uuid)], now)
         # Record first, in both stores, and only then detach.
-        self.records.update(recs)
         self.store.save(self.records.values())
-        self._sync_metadata({p.domain for p in parks})
+        no_meta = self._sync_metadata({p.domain for p in parks})
 
         pending: dict[Key, Park] = {}
         failed: set[Key] = set()
         for p in parks:
-            key = (p.domain.uri, p.domain.uuid, p.nic.mac)
+            key = nic_key(p.domain, p.nic.mac)
             uplink = p.nic.source_dev or p.nic.network
+            if (p.domain.uri, p.domain.uuid) in no_meta:
+                log.error("not detaching %s: its record could not be written to the domain", _nic(p.domain, p.nic.mac))
+                failed.add(key)
+                continue
             if p.reattach:
                 log.info("repairing %s: its macvtap died although uplink %s is back", _nic(p.domain, p.nic.mac), uplink)
             else:
@@ -204,9 +235,13 @@ class Engine:
             except DomainGone:
                 self.records.pop(key, None)
                 log.info("domain %s stopped while its NIC %s was being parked", p.domain.name, p.nic.mac)
-            except (HypervisorError, HypervisorUnavailable) as exc:
-                if self._nic_gone(p):
-                    pending[key] = p  # an earlier, interrupted run's detach finished meanwhile
+            except HypervisorUnavailable as exc:
+                # Not the guest's fault: stays 'detaching' for the next run.
+                log.error("could not park %s: %s", _nic(p.domain, p.nic.mac), exc)
+                failed.add(key)
+            except HypervisorError as exc:
+                if _UNPLUG_PENDING in str(exc) or self._nic_gone(p):
+                    pending[key] = p  # an earlier, interrupted run's detach is under way or done
                     continue
                 self._mark_stuck(key, p, str(exc))
                 failed.add(key)
@@ -214,15 +249,20 @@ class Engine:
         deadline = self.clock() + self.detach_timeout
         while pending:
             for key, p in list(pending.items()):
-                if self._nic_gone(p):
+                gone = self._nic_gone(p)
+                if gone is None:
+                    del pending[key]  # libvirt went away: the next run looks again
+                    failed.add(key)
+                elif gone:
                     del pending[key]
-                    self.records[key] = self.records[key].evolve(state="parked")
-                    self.report.parked += 1
-                    log.info(
-                        "parked %s: detached, waiting for %s",
-                        _nic(p.domain, p.nic.mac),
-                        " or ".join(p.candidates) or "its uplink",
-                    )
+                    if key in self.records:
+                        self.records[key] = self.records[key].evolve(state="parked")
+                        self.report.parked += 1
+                        log.info(
+                            "parked %s: detached, waiting for %s",
+                            _nic(p.domain, p.nic.mac),
+                            " or ".join(p.candidates) or "its uplink",
+                        )
             if not pending or self.clock() >= deadline:
                 break
             self.sleep(self.poll_interval)
@@ -233,13 +273,14 @@ class Engine:
         self._sync_metadata({p.domain for p in parks})
         return failed
 
-    def _nic_gone(self, p: Park) -> bool:
+    def _nic_gone(self, p: Park) -> bool | None:
+        """Whether the NIC left the live XML; None when libvirt cannot tell."""
         try:
             return self.hypervisors[p.domain.uri].live_nic(p.domain, p.nic.mac) is None
         except DomainGone:
             return True
         except (HypervisorError, HypervisorUnavailable):
-            return False
+            return None
 
     def _mark_stuck(self, key: Key, p: Park, reason: str) -> None:
         rec = self.records.get(key)

@@ -19,8 +19,9 @@ UDEV_ACTIONS = ("add", "remove", "move")
 # NetworkManager dispatcher actions that can follow a device's (re)creation
 # or loss; the rest (hostname, dhcp4-change, connectivity-change, ...) carry
 # nothing for us.
-NM_APPEAR = ("up", "pre-up", "reapply")
-NM_VANISH = ("down", "pre-down")
+# (pre-up and pre-down go only to scripts in pre-up.d and pre-down.d.)
+NM_APPEAR = ("up",)
+NM_VANISH = ("down",)
 
 
 def hint_from_udev(env: Mapping[str, str]) -> Hint | None:

@@ -34,7 +34,8 @@ ACTION!="add|remove|move", GOTO="macvtap_hook_end"
 SUBSYSTEM!="net", GOTO="macvtap_hook_end"
 # The macvtaps libvirt creates and deletes are effects of our work, not causes:
 # known by libvirt's names, and on add by sysfs (a removed one has no sysfs).
-KERNEL=="macvtap*|macvlan*", GOTO="macvtap_hook_end"
+# libvirt's own taps (vnetN) never carry a macvtap either.
+KERNEL=="macvtap*|macvlan*|vnet*", GOTO="macvtap_hook_end"
 ACTION=="add", TEST=="macvtap", GOTO="macvtap_hook_end"
 RUN+="{binary} udev"
 LABEL="macvtap_hook_end"
@@ -53,6 +54,7 @@ After=libvirtd.service virtqemud.service
 [Service]
 Type=oneshot
 ExecStart={binary} drain
+TimeoutStartSec=5min
 """
 
 
@@ -78,4 +80,16 @@ def wrapper(binary: str, subcommand: str, what: str) -> str:
 #!/bin/sh
 # {MARKER}: the {what} entry point.
 exec {binary} {subcommand} "$@"
+"""
+
+
+def libvirt_hook_wrapper(binary: str) -> str:
+    # libvirt kills the guest when a hook fails on 'reconnect' and refuses
+    # to start it on 'prepare': whatever happens (even a broken Python
+    # install), this exits 0 and prints nothing on stdout.
+    return f"""\
+#!/bin/sh
+# {MARKER}: the libvirt qemu hook entry point. It must never fail.
+{binary} libvirt-hook "$@" >/dev/null || :
+exit 0
 """

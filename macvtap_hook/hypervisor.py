@@ -116,7 +116,10 @@ class LibvirtHypervisor:
             xml = self._domain(dom).XMLDesc(0)
         except self._lv.libvirtError as exc:
             raise self._fail("reading the domain's XML", exc) from None
-        view = nicxml.parse_domain(xml, self.uri)
+        try:
+            view = nicxml.parse_domain(xml, self.uri)
+        except nicxml.XmlError:
+            raise DomainGone(uuid=dom.uuid, domain_id=dom.id) from None  # shut off meanwhile: no id
         if view.ref.id != dom.id:
             raise DomainGone(uuid=dom.uuid, domain_id=dom.id)
         return next((n for n in view.nics if n.mac == mac), None)

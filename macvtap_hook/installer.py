@@ -133,7 +133,7 @@ class Installer:
         nm_wrapper = lay.libexec_dir / "nm-dispatcher"
         hook_wrapper = lay.libexec_dir / "libvirt-qemu"
         self._write(nm_wrapper, hostfiles.wrapper(binary, "nm-dispatcher", "NetworkManager dispatcher"), 0o755)
-        self._write(hook_wrapper, hostfiles.wrapper(binary, "libvirt-hook", "libvirt qemu hook"), 0o755)
+        self._write(hook_wrapper, hostfiles.libvirt_hook_wrapper(binary), 0o755)
         if lay.nm_dir.is_dir():
             self._link(lay.nm_dir / hostfiles.NM_LINK_NAME, nm_wrapper)
         if lay.libvirt_hooks_dir.is_dir() or lay.at("/etc/libvirt").is_dir():

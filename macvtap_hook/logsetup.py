@@ -14,6 +14,9 @@ SYSLOG_SOCKET = "/dev/log"
 
 def setup_logging(verbosity: int, log_file: Path | None = None) -> None:
     level = {-1: logging.WARNING, 0: logging.INFO}.get(verbosity, logging.DEBUG if verbosity > 0 else logging.ERROR)
+    # A log socket that fails (journald restarting) must not print a
+    # traceback on udev's or NetworkManager's stderr.
+    logging.raiseExceptions = False
     root = logging.getLogger()
     root.handlers.clear()
     root.setLevel(level)

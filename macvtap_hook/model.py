@@ -82,10 +82,16 @@ class ParkedNic:
     since: float = 0.0
     attempts: int = 0
     last_error: str | None = None
+    run: str = ""  # the token of the domain run it was parked in (see planner.same_run)
+    boot: str = ""  # the host's boot_id then
 
     @property
     def key(self) -> tuple[str, str, str]:
         return (self.domain.uri, self.domain.uuid, self.mac)
+
+    @property
+    def needs_attention(self) -> bool:
+        return self.state == "stuck" or self.last_error is not None
 
     def evolve(self, **changes: object) -> ParkedNic:
         return replace(self, **changes)  # type: ignore[arg-type]
@@ -100,6 +106,7 @@ class DomainView:
     parked: tuple[ParkedNic, ...] = ()
     all_macs: frozenset[str] = frozenset()  # every NIC's MAC, whatever its type
     running: bool = True  # False when paused: a paused guest cannot answer an unplug
+    run: str | None = None  # token in our live metadata: tells this run from a later one
 
 
 def nic_key(ref: DomainRef, mac: str) -> tuple[str, str, str]:

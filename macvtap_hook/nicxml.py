@@ -6,10 +6,13 @@ strings, because interface and network names are outside input.
 
 from __future__ import annotations
 
+import math
 import re
 import xml.etree.ElementTree as ET
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
+from macvtap_hook.errors import BadInterfaceName
+from macvtap_hook.ifname import check_ifname
 from macvtap_hook.model import PARK_STATES, DomainRef, DomainView, LiveNic, ParkedNic
 
 METADATA_URI = "urn:x-macvtap-hook:parked:1"
@@ -60,8 +63,10 @@ def parse_domain(xml: str, uri: str) -> DomainView:
         macs.add(normalize_mac(mac_elem.get("address", "")))
         if iface.get("type") == "direct":
             nics.append(_live_nic(iface))
-    parked = tuple(_parked_from_metadata(root, ref))
-    return DomainView(ref=ref, nics=tuple(nics), parked=parked, all_macs=frozenset(macs))
+    meta = root.find(f"metadata/{{{METADATA_URI}}}parked")
+    run = (meta.get("run") or None) if meta is not None else None
+    parked = tuple(_parked_from_metadata(meta, ref, run)) if meta is not None else ()
+    return DomainView(ref=ref, nics=tuple(nics), parked=parked, all_macs=frozenset(macs), run=run)
 
 
 def _live_nic(iface: ET.Element) -> LiveNic:
@@ -115,9 +120,15 @@ def with_link_down(nic: LiveNic) -> str:
     return _to_text(iface, indent=True)
 
 
-def metadata_xml(records: Iterable[ParkedNic]) -> str:
-    """The domain's second record of its parked NICs (live metadata)."""
+def metadata_xml(records: Sequence[ParkedNic]) -> str:
+    """The domain's second record of its parked NICs (live metadata).
+
+    It carries the run token: the metadata lives exactly as long as the
+    domain's run, so the token tells this run from any later one.
+    """
     root = ET.Element("parked")
+    if records:
+        root.set("run", records[0].run)
     for rec in records:
         nic = ET.SubElement(root, "nic")
         nic.set("mac", rec.mac)
@@ -134,10 +145,12 @@ def metadata_xml(records: Iterable[ParkedNic]) -> str:
     return _to_text(root)
 
 
-def _parked_from_metadata(root: ET.Element, ref: DomainRef) -> Iterable[ParkedNic]:
-    meta = root.find(f"metadata/{{{METADATA_URI}}}parked")
-    if meta is None:
-        return
+def _parked_from_metadata(meta: ET.Element, ref: DomainRef, run: str | None) -> Iterable[ParkedNic]:
+    """The records in our metadata; anything malformed is skipped.
+
+    Anyone with access to libvirt can write this metadata, and its XML is
+    attached to the guest, so only what parking would have produced passes.
+    """
     for nic in meta:
         if nic.tag.rpartition("}")[2] != "nic":
             continue
@@ -147,19 +160,33 @@ def _parked_from_metadata(root: ET.Element, ref: DomainRef) -> Iterable[ParkedNi
             continue
         try:
             since = float(nic.get("since", "0"))
-        except ValueError:
-            since = 0.0
+            candidates = tuple(check_ifname(c) for c in nic.get("candidates", uplink).split()) or (uplink,)
+            check_ifname(uplink)
+            check_recorded_interface(xml_elem.text, normalize_mac(mac))
+        except (ValueError, BadInterfaceName):
+            continue
         yield ParkedNic(
             domain=ref,
             mac=normalize_mac(mac),
             uplink=uplink,
-            candidates=tuple(nic.get("candidates", uplink).split()) or (uplink,),
+            candidates=candidates,
             mode=nic.get("mode"),
             network=nic.get("network"),
             xml=xml_elem.text,
             state=state,
-            since=since,
+            since=since if math.isfinite(since) else 0.0,
+            run=run or "",
         )
+
+
+def check_recorded_interface(xml: str, mac: str) -> None:
+    """Raise ValueError unless `xml` is a direct interface with this MAC."""
+    iface = _parse(xml, "recorded interface")
+    mac_elem = iface.find("mac")
+    if iface.tag != "interface" or iface.get("type") != "direct":
+        raise XmlError("not a type='direct' <interface>")
+    if mac_elem is None or normalize_mac(mac_elem.get("address", "")) != mac:
+        raise XmlError("its MAC differs from the record's")
 
 
 def pool_members(network_xml: str) -> tuple[str, ...]:

@@ -25,6 +25,9 @@ class Snapshot:
     pools: Mapping[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
     # Records of a URI that could not be read are left exactly as they are.
     reachable: frozenset[str] = frozenset()
+    # Records of a URI no longer configured are forgotten.
+    configured: frozenset[str] | None = None
+    boot_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,7 @@ class Park:
     candidates: tuple[str, ...]
     reattach: bool  # the uplink is already back: a dead NIC to repair
     previous: ParkedNic | None = None
+    run: str | None = None  # the domain run's token, if it has one yet
 
 
 @dataclass(frozen=True)
@@ -50,7 +54,7 @@ class Forget:
 @dataclass(frozen=True)
 class Plan:
     forget: tuple[Forget, ...] = ()
-    resync: tuple[ParkedNic, ...] = ()  # records one of the two stores lacks
+    resync: tuple[ParkedNic, ...] = ()  # records one of the two stores lacks, or that changed
     park: tuple[Park, ...] = ()
     attach: tuple[Attach, ...] = ()
     waiting: tuple[ParkedNic, ...] = ()  # parked or stuck, nothing to do now
@@ -78,12 +82,32 @@ def nic_is_alive(nic: LiveNic, links: Links) -> bool:
     return tap.parent is not None and links.has_ifindex(tap.parent)
 
 
-def _candidates(uri: str, uplink: str | None, network: str | None, snap: Snapshot) -> tuple[str, ...]:
+def wakers(
+    uri: str, uplink: str | None, network: str | None, stored: tuple[str, ...], snap: Snapshot
+) -> tuple[str, ...]:
+    """The interfaces whose presence lets this NIC be attached: every member
+    of its pool network when libvirt told us, else what was recorded."""
     if network:
         members = snap.pools.get((uri, network))
         if members:
             return members
+    if stored:
+        return stored
     return (uplink,) if uplink else ()
+
+
+def same_run(rec: ParkedNic, dom: DomainView, boot_id: str) -> bool:
+    """Whether a record belongs to the domain's present run.
+
+    A domain's ID is reused after a host reboot, so the run is told by the
+    token kept in its live metadata (which dies with the run); if someone
+    removed that metadata, by the ID within the same boot of the host.
+    """
+    if rec.domain.id != dom.ref.id:
+        return False
+    if dom.run is not None:
+        return rec.run == dom.run
+    return bool(boot_id) and rec.boot == boot_id
 
 
 def _merge_records(snap: Snapshot) -> tuple[dict[Key, ParkedNic], list[ParkedNic]]:
@@ -100,13 +124,13 @@ def _merge_records(snap: Snapshot) -> tuple[dict[Key, ParkedNic], list[ParkedNic
         for meta in dom.parked:
             in_meta.add(meta.key)
             stored = merged.get(meta.key)
-            if stored is None or stored.domain.id != meta.domain.id:
+            if stored is None or not same_run(stored, dom, snap.boot_id):
                 merged[meta.key] = meta
                 resync.append(meta)
-    running = {(d.ref.uri, d.ref.uuid): d.ref.id for d in snap.domains}
+    domains = {(d.ref.uri, d.ref.uuid): d for d in snap.domains}
     for key, rec in merged.items():
-        same_run = running.get((rec.domain.uri, rec.domain.uuid)) == rec.domain.id
-        if key not in in_meta and same_run:
+        owner = domains.get((rec.domain.uri, rec.domain.uuid))
+        if key not in in_meta and owner is not None and same_run(rec, owner, snap.boot_id):
             resync.append(rec)
     return merged, resync
 
@@ -139,36 +163,42 @@ def plan(snap: Snapshot, *, retry_stuck: bool = False, only: frozenset[str] | No
             if rec is not None and rec.state == "stuck" and not retry_stuck:
                 waiting.append(rec)
                 continue
-            cands = _candidates(dom.ref.uri, nic.source_dev, nic.network, snap)
+            cands = wakers(dom.ref.uri, nic.source_dev, nic.network, (), snap)
             if not in_scope(nic.source_dev, *cands):
                 continue
             back = any(c in snap.links for c in cands)
-            park.append(Park(dom.ref, nic, cands, reattach=back, previous=rec))
+            park.append(Park(dom.ref, nic, cands, reattach=back, previous=rec, run=dom.run))
 
     domains = {(d.ref.uri, d.ref.uuid): d for d in snap.domains}
     for key, found in list(records.items()):
         if key in seen:
             continue
         rec = found
-        if rec.state != "parked" and rec.domain.uri in snap.reachable:
-            # Its NIC is gone from the guest: an interrupted detach finished,
-            # or a stuck guest let go at last. Either way it is parked now.
-            rec = rec.evolve(state="parked", last_error=None)
-            records[key] = rec
-            resync.append(rec)
-        if rec.domain.uri not in snap.reachable:
+        uri = rec.domain.uri
+        if snap.configured is not None and uri not in snap.configured:
+            forget.append(Forget(rec, f"libvirt URI {uri} is no longer configured"))
+            continue
+        if uri not in snap.reachable:
             waiting.append(rec)
             continue
-        owner = domains.get((rec.domain.uri, rec.domain.uuid))
+        cands = wakers(uri, rec.uplink, rec.network, rec.candidates, snap)
+        if rec.state != "parked" or cands != rec.candidates:
+            # Its NIC is gone from the guest: an interrupted detach finished,
+            # or a stuck guest let go at last. Either way it is parked now
+            # (and the pool it waits for may have grown).
+            rec = rec.evolve(state="parked", last_error=None, candidates=cands)
+            records[key] = rec
+            resync.append(rec)
+        owner = domains.get((uri, rec.domain.uuid))
         if owner is None:
             forget.append(Forget(rec, "the domain is no longer running"))
-        elif owner.ref.id != rec.domain.id:
-            forget.append(Forget(rec, "the domain was restarted since the NIC was parked"))
+        elif not same_run(rec, owner, snap.boot_id):
+            forget.append(Forget(rec, "the domain was restarted (or the host rebooted) since the NIC was parked"))
         elif rec.mac in owner.all_macs:
             forget.append(Forget(rec, "the domain already has a NIC with this MAC"))
-        elif not in_scope(rec.uplink, *_candidates(rec.domain.uri, rec.uplink, rec.network, snap)):
+        elif not in_scope(rec.uplink, *cands):
             waiting.append(rec)
-        elif any(c in snap.links for c in _candidates(rec.domain.uri, rec.uplink, rec.network, snap)):
+        elif any(c in snap.links for c in cands):
             attach.append(Attach(rec))
         else:
             waiting.append(rec)

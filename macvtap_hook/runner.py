@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 from macvtap_hook import lock
 from macvtap_hook.config import Config
@@ -24,7 +25,13 @@ def converge_once(cfg: Config, *, retry_stuck: bool = False, only: frozenset[str
     if not hypervisors:
         raise failures[0]
     try:
-        engine = Engine(hypervisors, NetlinkLinks(), StateStore(cfg.state_file), detach_timeout=cfg.detach_timeout)
+        engine = Engine(
+            hypervisors,
+            NetlinkLinks(),
+            StateStore(cfg.state_file),
+            configured=cfg.uris,
+            detach_timeout=cfg.detach_timeout,
+        )
         report = engine.converge(retry_stuck=retry_stuck, only=only)
     finally:
         for hv in hypervisors:
@@ -41,20 +48,29 @@ def run(
     *,
     retry_stuck: bool = False,
     only: frozenset[str] | None = None,
+    drain_only: bool = False,
+    budget: float | None = None,
 ) -> Report | None:
     """Converge under the lock until no hint is pending.
 
-    Returns None when another run already did the work for `hint`.
-    Raises LockTimeout or HypervisorUnavailable with the hints kept.
+    Returns None when another run already did the work: `hint` was consumed
+    meanwhile, or (`drain_only`, the systemd worker) no hint is pending.
+    After `budget` seconds no further round starts (udev's event timeout);
+    what is left stays queued. Raises LockTimeout or HypervisorUnavailable
+    with the hints kept.
     """
     queue = HintQueue(cfg.hints_dir)
     mine = queue.put(hint) if hint is not None else None
+    started = time.monotonic()
     with lock.held(cfg.lock_file, cfg.lock_timeout):
-        if mine is not None and not mine.exists():
-            log.debug("%s: already handled by another run", hint.describe() if hint else "")
+        if (mine is not None and not mine.exists()) or (drain_only and not queue.pending()):
+            log.debug("%s: already handled by another run", hint.describe() if hint else "pending events")
             return None
         report: Report | None = None
         for _ in range(MAX_DRAINS):
+            if report is not None and budget is not None and time.monotonic() - started > budget:
+                log.warning("%d event(s) left for the next run: this one ran out of time", len(queue.pending()))
+                break
             pending = queue.pending()
             for path in pending:
                 seen = queue.read(path)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import tempfile
 import time
@@ -18,7 +19,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from macvtap_hook.errors import BadInterfaceName
+from macvtap_hook.ifname import check_ifname
 from macvtap_hook.model import PARK_STATES, DomainRef, ParkedNic
+from macvtap_hook.nicxml import check_recorded_interface
 from macvtap_hook.safety import check_owned_by_root, ensure_private_dir
 
 SCHEMA = 1
@@ -44,6 +48,8 @@ def record_to_dict(rec: ParkedNic) -> dict[str, Any]:
         "since": rec.since,
         "attempts": rec.attempts,
         "last_error": rec.last_error,
+        "run": rec.run,
+        "boot": rec.boot,
         "xml": rec.xml,
     }
 
@@ -56,21 +62,26 @@ def record_from_dict(data: Any) -> ParkedNic:
         state = data.get("state", "parked")
         if state not in PARK_STATES:
             raise CorruptState(f"unknown state {state!r}")
-        candidates = tuple(_str(c) for c in data.get("candidates") or [data["uplink"]])
+        candidates = tuple(check_ifname(_str(c)) for c in data.get("candidates") or [data["uplink"]])
+        mac = _str(data["mac"]).lower()
+        check_recorded_interface(_str(data["xml"]), mac)
+        since = float(data.get("since", 0.0))
         return ParkedNic(
             domain=ref,
-            mac=_str(data["mac"]).lower(),
-            uplink=_str(data["uplink"]),
+            mac=mac,
+            uplink=check_ifname(_str(data["uplink"])),
             candidates=candidates,
             mode=data.get("mode"),
             network=data.get("network"),
             xml=_str(data["xml"]),
             state=state,
-            since=float(data.get("since", 0.0)),
+            since=since if math.isfinite(since) else 0.0,
             attempts=int(data.get("attempts", 0)),
             last_error=data.get("last_error"),
+            run=str(data.get("run") or ""),
+            boot=str(data.get("boot") or ""),
         )
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, BadInterfaceName) as exc:
         raise CorruptState(f"bad record: {exc}") from None
 
 

@@ -11,10 +11,9 @@ import time
 from typing import Any
 
 from macvtap_hook.config import Config
-from macvtap_hook.engine import needs_attention
 from macvtap_hook.hints import HintQueue
 from macvtap_hook.model import ParkedNic
-from macvtap_hook.state import SCHEMA, CorruptState, parse_state
+from macvtap_hook.state import SCHEMA, CorruptState, parse_state, record_to_dict
 
 
 def advice(rec: ParkedNic) -> str:
@@ -36,23 +35,12 @@ def _iso(epoch: float) -> str:
 
 
 def status_entry(rec: ParkedNic) -> dict[str, Any]:
-    return {
-        "domain": rec.domain.name,
-        "uuid": rec.domain.uuid,
-        "domain_id": rec.domain.id,
-        "uri": rec.domain.uri,
-        "mac": rec.mac,
-        "uplink": rec.uplink,
-        "candidates": list(rec.candidates),
-        "network": rec.network,
-        "mode": rec.mode,
-        "state": rec.state,
-        "since": _iso(rec.since),
-        "attempts": rec.attempts,
-        "last_error": rec.last_error,
-        "needs_attention": needs_attention(rec),
-        "advice": advice(rec),
-    }
+    """A record as `status --json` shows it (fields documented in the README)."""
+    entry = record_to_dict(rec)
+    for internal in ("xml", "run", "boot"):
+        del entry[internal]
+    entry.update(since=_iso(rec.since), needs_attention=rec.needs_attention, advice=advice(rec))
+    return entry
 
 
 def render_status(cfg: Config, *, as_json: bool) -> tuple[str, bool]:
@@ -65,7 +53,7 @@ def render_status(cfg: Config, *, as_json: bool) -> tuple[str, bool]:
     except (OSError, CorruptState) as exc:
         records, problem = (), f"state file {cfg.state_file} unreadable: {exc}; the next run rebuilds it"
     pending = len(HintQueue(cfg.hints_dir).pending())
-    attention = any(needs_attention(r) for r in records) or problem is not None
+    attention = any(r.needs_attention for r in records) or problem is not None
     if as_json:
         body = {
             "schema": SCHEMA,

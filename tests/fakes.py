@@ -142,7 +142,7 @@ class FakeHypervisor:
             meta.remove(old)
         if records:
             elem = ET.fromstring(nicxml.metadata_xml(records))
-            ns_elem = ET.SubElement(meta, f"{{{nicxml.METADATA_URI}}}parked")
+            ns_elem = ET.SubElement(meta, f"{{{nicxml.METADATA_URI}}}parked", elem.attrib)
             ns_elem.extend(list(elem))
 
     def request_detach(self, dom: DomainRef, nic: LiveNic) -> None:
@@ -243,27 +243,19 @@ class FakeHypervisor:
                         devices.remove(iface)
 
 
-def direct_nic(mac: str, dev: str, mode: str = "bridge", slot: int = 3) -> str:
-    iface = ET.Element("interface", {"type": "direct"})
+def _nic(kind: str, mac: str, source: dict[str, str], slot: int) -> str:
+    iface = ET.Element("interface", {"type": kind})
     ET.SubElement(iface, "mac", {"address": mac})
-    ET.SubElement(iface, "source", {"dev": dev, "mode": mode})
+    ET.SubElement(iface, "source", source)
     ET.SubElement(iface, "model", {"type": "virtio"})
-    ET.SubElement(
-        iface,
-        "address",
-        {"type": "pci", "domain": "0x0000", "bus": "0x00", "slot": f"0x{slot:02x}", "function": "0x0"},
-    )
+    pci = {"type": "pci", "domain": "0x0000", "bus": "0x00", "slot": f"0x{slot:02x}", "function": "0x0"}
+    ET.SubElement(iface, "address", pci)
     return ET.tostring(iface, encoding="unicode")
+
+
+def direct_nic(mac: str, dev: str, mode: str = "bridge", slot: int = 3) -> str:
+    return _nic("direct", mac, {"dev": dev, "mode": mode}, slot)
 
 
 def network_nic(mac: str, network: str, slot: int = 3) -> str:
-    iface = ET.Element("interface", {"type": "network"})
-    ET.SubElement(iface, "mac", {"address": mac})
-    ET.SubElement(iface, "source", {"network": network})
-    ET.SubElement(iface, "model", {"type": "virtio"})
-    ET.SubElement(
-        iface,
-        "address",
-        {"type": "pci", "domain": "0x0000", "bus": "0x00", "slot": f"0x{slot:02x}", "function": "0x0"},
-    )
-    return ET.tostring(iface, encoding="unicode")
+    return _nic("network", mac, {"network": network}, slot)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -163,32 +164,9 @@ class InstalledHook:
         subprocess.run(["udevadm", "settle", "--timeout=120"], check=True)
 
 
-@pytest.fixture
-def hook(harness: Any, tmp_path: Path) -> Iterator[InstalledHook]:
-    """The tool installed for one test (udev rule in /run/udev/rules.d)."""
-    installed = InstalledHook(tmp_path)
-    backup = InstalledHook.CONFIG.read_bytes() if InstalledHook.CONFIG.exists() else None
-    installed.write_config()
-    try:
-        installed.cli("install", "--runtime")
-        yield installed
-    finally:
-        try:
-            installed.settle()
-            installed.cli("uninstall", "--runtime", check=False)
-        finally:
-            if backup is None:
-                InstalledHook.CONFIG.unlink(missing_ok=True)
-            else:
-                InstalledHook.CONFIG.write_bytes(backup)
-            if installed.log_file.exists():
-                sys.stderr.write(f"--- hook log of this test ---\n{installed.log()}")
-
-
-@pytest.fixture
-def configured(harness: Any, tmp_path: Path) -> Iterator[InstalledHook]:
-    """The tool configured for one test but with no udev rule: only the
-    commands the test runs act."""
+@contextmanager
+def _tool_config(tmp_path: Path) -> Iterator[InstalledHook]:
+    """This test's configuration in /etc/macvtap-hook, the host's own put back after."""
     tool = InstalledHook(tmp_path)
     backup = InstalledHook.CONFIG.read_bytes() if InstalledHook.CONFIG.exists() else None
     tool.write_config()
@@ -200,7 +178,27 @@ def configured(harness: Any, tmp_path: Path) -> Iterator[InstalledHook]:
         else:
             InstalledHook.CONFIG.write_bytes(backup)
         if tool.log_file.exists():
-            sys.stderr.write(f"--- tool log of this test ---\n{tool.log()}")
+            sys.stderr.write(f"--- macvtap-hook log of this test ---\n{tool.log()}")
+
+
+@pytest.fixture
+def hook(harness: Any, tmp_path: Path) -> Iterator[InstalledHook]:
+    """The tool installed for one test (udev rule in /run/udev/rules.d)."""
+    with _tool_config(tmp_path) as installed:
+        try:
+            installed.cli("install", "--runtime")
+            yield installed
+        finally:
+            installed.settle()
+            installed.cli("uninstall", "--runtime", check=False)
+
+
+@pytest.fixture
+def configured(harness: Any, tmp_path: Path) -> Iterator[InstalledHook]:
+    """The tool configured for one test but with no udev rule: only the
+    commands the test runs act."""
+    with _tool_config(tmp_path) as tool:
+        yield tool
 
 
 def libvirtd_running() -> bool:

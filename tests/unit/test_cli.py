@@ -136,6 +136,8 @@ def test_libvirt_hook_always_exits_0_and_prints_nothing(tmp_path: Path) -> None:
         (["vm1", "release", "end", "-"], b"<domain><uuid>u1</uuid></domain>"),
         (["vm1", "release", "end", "-"], b"not xml"),
         (["vm1", "reconnect", "begin", "-"], b"<domain/>"),
+        (["--help", "release", "end", "-"], b""),
+        (["-x", "release", "end", "-"], b"<domain><uuid>u1</uuid></domain>"),
     ]:
         done = run(tmp_path, "libvirt-hook", *args, stdin=stdin)
         assert (done.returncode, done.stdout) == (0, ""), done.stderr
@@ -146,7 +148,8 @@ def test_libvirt_hook_prunes_released_domain(tmp_path: Path) -> None:
     state = tmp_path / "state"
     state.mkdir(mode=0o700)
     rec = {"uri": "qemu:///system", "uuid": "u1", "domain_id": 4, "domain": "vm1", "mac": "52:54:00:00:00:01",
-           "uplink": "eth1", "xml": "<interface type='direct'/>", "state": "parked"}  # fmt: skip
+           "uplink": "eth1", "state": "parked",
+           "xml": "<interface type='direct'><mac address='52:54:00:00:00:01'/></interface>"}  # fmt: skip
     other = dict(rec, uuid="u2", domain="vm2")
     (state / "state.json").write_text(json.dumps({"schema": 1, "parked": [rec, other]}))
     done = run(tmp_path, "libvirt-hook", "vm1", "release", "end", "-", stdin=b"<domain><uuid>u1</uuid></domain>")
@@ -171,3 +174,25 @@ def test_world_writable_config_is_refused(tmp_path: Path) -> None:
     config.chmod(0o666)
     done = run(tmp_path, "status")
     assert done.returncode == 3 and "writable by group or others" in done.stderr
+
+
+def test_libvirt_hook_exits_0_even_with_a_broken_config(tmp_path: Path) -> None:
+    run(tmp_path, "--version")
+    (tmp_path / "config.toml").write_text("bogus = [\n")
+    done = run(tmp_path, "libvirt-hook", "vm1", "reconnect", "begin", "-", stdin=b"<domain/>")
+    assert (done.returncode, done.stdout) == (0, "")
+
+
+def test_libvirt_hook_wrapper_exits_0_when_the_tool_is_broken(tmp_path: Path) -> None:
+    from macvtap_hook.hostfiles import libvirt_hook_wrapper
+
+    wrapper = tmp_path / "hook"
+    wrapper.write_text(libvirt_hook_wrapper("/nonexistent/bin/macvtap-hook"))
+    wrapper.chmod(0o755)
+    done = subprocess.run([str(wrapper), "vm1", "reconnect", "begin", "-"], capture_output=True, text=True, check=False)
+    assert (done.returncode, done.stdout) == (0, "")
+
+
+def test_drain_with_nothing_pending_does_nothing(tmp_path: Path) -> None:
+    done = run(tmp_path, "drain")
+    assert done.returncode == 0, "another worker already did the work: no libvirt connection attempted"

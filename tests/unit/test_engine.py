@@ -376,3 +376,129 @@ def test_a_record_whose_nic_is_gone_becomes_parked(world: World, left: str) -> N
     (rec,) = world.store.load()
     assert (rec.state, rec.last_error) == ("parked", None)
     assert [m.state for m in parse_domain(world.hv.xml(UUID1), world.hv.uri).parked] == ["parked"]
+
+
+# -- found in review: each of these lost, duplicated or misplaced a NIC before ------
+
+
+def test_retried_stuck_nic_comes_back_with_its_own_link_state(world: World) -> None:
+    world.hv.start("vm1", UUID1, [direct_nic(MAC1, "up0")])
+    guest = world.hv.guests[UUID1]
+    guest.releases = False
+    world.links.delete("up0")
+    world.converge()
+    assert world.nics(UUID1)[MAC1].find("link").get("state") == "down"  # type: ignore[union-attr]
+    guest.releases = True
+    world.converge(retry_stuck=True)
+    world.links.add("up0")
+    assert world.converge().attached == 1
+    link = world.nics(UUID1)[MAC1].find("link")
+    assert link is None or link.get("state") != "down", "re-attached with the link-down we had set"
+
+
+def test_libvirt_going_away_mid_park_is_not_a_stuck_guest(world: World) -> None:
+    world.hv.start("vm1", UUID1, [direct_nic(MAC1, "up0")])
+    world.links.delete("up0")
+    orig = world.hv.request_detach
+
+    def detach(*a):  # type: ignore[no-untyped-def]
+        world.hv.reachable = False
+        orig(*a)
+
+    world.hv.request_detach = detach  # type: ignore[method-assign]
+    report = world.engine().converge()
+    assert report.stuck == 0
+    assert [r.state for r in world.store.load()] == ["detaching"]
+    world.hv.reachable = True
+    world.hv.request_detach = orig  # type: ignore[method-assign]
+    assert world.converge().parked == 1
+    link = world.nics(UUID1) == {} or world.nics(UUID1)[MAC1].find("link")
+    assert link is None or link is True or link.get("state") != "down"  # type: ignore[union-attr]
+
+
+def test_no_detach_without_the_second_record(world: World) -> None:
+    world.hv.start("vm1", UUID1, [direct_nic(MAC1, "up0")])
+    world.links.delete("up0")
+
+    def refuse(*a):  # type: ignore[no-untyped-def]
+        from macvtap_hook.errors import HypervisorError
+
+        raise HypervisorError(operation="metadata", reason="permission denied")
+
+    world.hv.write_metadata = refuse  # type: ignore[method-assign]
+    report = world.converge()
+    assert report.parked == 0 and report.settled, "no endless resync rounds either"
+    assert ("detach", MAC1) not in world.hv.calls
+    assert MAC1 in world.nics(UUID1)
+
+
+def test_host_reboot_reusing_the_domain_id_gets_no_stale_nic(world: World) -> None:
+    """After a power loss the state file survives; the domain autostarts with
+    the same ID but is another run: a live-only NIC must not come back."""
+    world.hv.start("vm1", UUID1, [direct_nic(MAC1, "up0"), direct_nic(MAC2, "up1", slot=4)])
+    world.links.delete("up1")
+    world.converge()
+    assert [r.mac for r in world.store.load()] == [MAC2]
+    # The host reboots: same domain ID, no metadata, another boot_id.
+    world.hv.guests.clear()
+    world.hv._ids = iter(range(1, 100))
+    world.hv.start("vm1", UUID1, [direct_nic(MAC1, "up0")])
+    world.links.add("up1")
+    engine = world.engine()
+    engine.boot_id = "another-boot"
+    report = engine.converge()
+    assert (report.attached, report.forgotten) == (0, 1)
+    assert world.hv.macs(UUID1) == [MAC1]
+
+
+def test_same_id_with_another_run_token_is_another_run(world: World) -> None:
+    world.hv.start("vm1", UUID1, [direct_nic(MAC1, "up0")])
+    world.links.delete("up0")
+    world.converge()
+    (rec,) = world.store.load()
+    world.store.save([rec.evolve(run="a-token-of-an-earlier-run")])
+    world.links.add("up0")
+    report = world.converge()
+    # The metadata of this run still holds the record: it wins, and attaches.
+    assert report.attached == 1 and world.hv.macs(UUID1) == [MAC1]
+
+
+def test_records_of_an_unconfigured_uri_are_forgotten(tmp_path: Path) -> None:
+    w = World(tmp_path)
+    w.links.add("up0")
+    w.hv.start("vm1", UUID1, [direct_nic(MAC1, "up0")])
+    w.links.delete("up0")
+    w.converge()
+    engine = Engine([], w.links, w.store, configured=["qemu+ssh://other/system"])
+    assert engine.converge().forgotten == 1
+    assert w.store.load() == ()
+
+
+def test_pool_grown_while_parked_updates_what_wakes_the_nic(world: World) -> None:
+    world.links.add("up2")
+    world.hv.networks["pool"] = ("up0",)
+    world.hv.start("vm1", UUID1, [network_nic(MAC1, "pool")])
+    world.links.delete("up0")
+    world.converge()
+    assert world.store.load()[0].candidates == ("up0",)
+    world.hv.networks["pool"] = ("up0", "up2")
+    report = world.converge()
+    assert report.attached == 1, "up2 exists and is now a pool member"
+
+
+def test_malformed_metadata_is_ignored(world: World) -> None:
+    world.hv.start("vm1", UUID1, [direct_nic(MAC1, "up0")])
+    root = world.hv.guests[UUID1].root
+    meta = ET.SubElement(root, "metadata")
+    parked = ET.SubElement(meta, "{urn:x-macvtap-hook:parked:1}parked", {"run": "x"})
+    bad = [
+        {"mac": MAC2, "uplink": "up0", "since": "inf", "xml": direct_nic(MAC2, "up0")},
+        {"mac": MAC2, "uplink": "up0", "xml": "<hostdev mode='subsystem'/>"},
+        {"mac": MAC2, "uplink": "up0", "xml": direct_nic(MAC3, "up0")},
+        {"mac": MAC2, "uplink": "a/b", "xml": direct_nic(MAC2, "up0")},
+    ]
+    for entry in bad:
+        nic = ET.SubElement(parked, "nic", {k: v for k, v in entry.items() if k != "xml"})
+        ET.SubElement(nic, "xml").text = entry["xml"]
+    view = parse_domain(world.hv.xml(UUID1), world.hv.uri)
+    assert [(r.mac, r.since) for r in view.parked] == [(MAC2, 0.0)], "only the first, with its since sanitised"

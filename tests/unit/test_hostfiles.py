@@ -17,7 +17,7 @@ BIN = hf.PACKAGED_BIN
 SHIPPED = {
     f"udev-rules/{hf.RULE_NAME}": hf.udev_rule(BIN),
     "hooks/nm-dispatcher": hf.wrapper(BIN, "nm-dispatcher", "NetworkManager dispatcher"),
-    "hooks/libvirt-qemu": hf.wrapper(BIN, "libvirt-hook", "libvirt qemu hook"),
+    "hooks/libvirt-qemu": hf.libvirt_hook_wrapper(BIN),
     f"packaging/systemd/{hf.WORKER_UNIT}": hf.worker_unit(BIN),
     f"packaging/systemd/{hf.RECONCILE_UNIT}": hf.reconcile_unit(BIN),
 }
