@@ -76,8 +76,13 @@ def run(
                 seen = queue.read(path)
                 if seen is not None:
                     log.debug("hint: %s", seen.describe())
-            report = converge_once(cfg, retry_stuck=retry_stuck, only=only)
+            try:
+                report = converge_once(cfg, retry_stuck=retry_stuck, only=only)
+            except HypervisorUnavailable:
+                queue.consume(pending[1:])  # any later run converges everything: one hint is enough
+                raise
             if report.unreachable:
+                queue.consume(pending[1:])
                 raise HypervisorUnavailable(uri=", ".join(report.unreachable), reason="see above")
             queue.consume(pending)
             retry_stuck, only = False, None

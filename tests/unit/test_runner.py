@@ -113,6 +113,10 @@ def test_systemd_handoff_starts_one_instance_per_event(tmp_path: Path, fake_syst
     done = run(tmp_path, "drain", env={"MACVTAP_HOOK_CONFIG": env["MACVTAP_HOOK_CONFIG"]})
     assert done.returncode == 5
     assert len(list((tmp_path / "run" / "hints").iterdir())) == 1
+    for iface in ("eth2", "eth3", "eth4"):  # libvirt stays down: hints do not pile up
+        ev = dict(env, ACTION="remove", SUBSYSTEM="net", INTERFACE=iface, PATH=os.environ["PATH"])
+        subprocess.run([sys.executable, "-m", "macvtap_hook", "udev"], env=ev, capture_output=True, check=False)
+    assert len(list((tmp_path / "run" / "hints").iterdir())) == 1
 
 
 def test_systemd_handoff_failure_falls_back_to_inline(tmp_path: Path, fake_systemctl: Path) -> None:
