@@ -502,3 +502,18 @@ def test_malformed_metadata_is_ignored(world: World) -> None:
         ET.SubElement(nic, "xml").text = entry["xml"]
     view = parse_domain(world.hv.xml(UUID1), world.hv.uri)
     assert [(r.mac, r.since) for r in view.parked] == [(MAC2, 0.0)], "only the first, with its since sanitised"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="ownership checks apply to root only")
+@pytest.mark.parametrize("what", ["file", "folder"])
+def test_state_writable_by_others_is_refused(world: World, what: str) -> None:
+    from macvtap_hook.errors import UnsafePath
+
+    world.hv.start("vm1", UUID1, [direct_nic(MAC1, "up0")])
+    world.links.delete("up0")
+    world.converge()
+    target = world.store.path if what == "file" else world.store.path.parent
+    target.chmod(0o666 if what == "file" else 0o777)
+    with pytest.raises(UnsafePath):
+        world.converge()
+    assert world.store.path.read_bytes(), "refused, not rewritten"
