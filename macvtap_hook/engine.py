@@ -192,7 +192,7 @@ class Engine:
         return ParkedNic(
             domain=p.domain,
             mac=p.nic.mac,
-            uplink=p.nic.source_dev or (p.candidates[0] if p.candidates else "?"),
+            uplink=p.nic.source_dev or "",  # the planner parks only NICs that name one
             candidates=p.candidates,
             mode=p.nic.mode,
             network=p.nic.network,

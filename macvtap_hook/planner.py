@@ -158,7 +158,7 @@ def plan(snap: Snapshot, *, retry_stuck: bool = False, only: frozenset[str] | No
                 if rec is not None:
                     forget.append(Forget(rec, "the NIC is attached and its macvtap is alive"))
                 continue
-            if nic.target is None or not dom.running:
+            if nic.target is None or nic.source_dev is None or not dom.running:
                 continue  # libvirt is still setting it up, or the guest cannot answer an unplug
             if rec is not None and rec.state == "stuck" and not retry_stuck:
                 waiting.append(rec)
