@@ -14,15 +14,15 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_ruff_check() -> None:
-    done = _run("ruff", "check", ".")
+    done = _run("ruff", "check", "--no-cache", ".")
     assert done.returncode == 0, done.stdout + done.stderr
 
 
 def test_ruff_format() -> None:
-    done = _run("ruff", "format", "--check", ".")
+    done = _run("ruff", "format", "--no-cache", "--check", ".")
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-def test_mypy_strict_on_the_package() -> None:
-    done = _run("mypy")
+def test_mypy_strict_on_the_package(tmp_path: Path) -> None:
+    done = _run("mypy", "--cache-dir", str(tmp_path))
     assert done.returncode == 0, done.stdout + done.stderr
