@@ -86,8 +86,10 @@ class Engine:
     # -- gathering the truth -------------------------------------------------
 
     def snapshot(self) -> Snapshot:
-        stored = self.store.load()
-        self.records = {rec.key: rec for rec in stored}
+        """The truth now. Our own records come from self.records: the state
+        file is read once per run (converge), as nothing else writes it
+        while we hold the lock."""
+        stored = tuple(self.records.values())
         domains = []
         reachable: set[str] = set()
         pools: dict[tuple[str, str], tuple[str, ...]] = {}
@@ -118,16 +120,9 @@ class Engine:
 
     def converge(self, *, retry_stuck: bool = False, only: frozenset[str] | None = None) -> Report:
         failed: set[Key] = set()
+        self.records = {rec.key: rec for rec in self.store.load()}
         for _ in range(MAX_ROUNDS):
-            snap = self.snapshot()
-            todo = plan(snap, retry_stuck=retry_stuck, only=only)
-            todo = Plan(
-                forget=todo.forget,
-                resync=tuple(r for r in todo.resync if (r.domain.uri, r.domain.uuid) not in self.meta_failed),
-                park=tuple(p for p in todo.park if nic_key(p.domain, p.nic.mac) not in failed),
-                attach=tuple(a for a in todo.attach if a.record.key not in failed),
-                waiting=todo.waiting,
-            )
+            todo = plan(self.snapshot(), retry_stuck=retry_stuck, only=only).without(failed, self.meta_failed)
             if todo.empty:
                 break
             failed |= self.execute(todo)
@@ -135,7 +130,7 @@ class Engine:
         else:
             self.report.settled = False
             log.warning("links kept changing for %d rounds; the next event or reconcile finishes the work", MAX_ROUNDS)
-        self.report.attention = [r for r in self.store.load() if r.needs_attention]
+        self.report.attention = [r for r in self.records.values() if r.needs_attention]
         return self.report
 
     def execute(self, todo: Plan) -> set[Key]:
@@ -171,8 +166,8 @@ class Engine:
             hv = self.hypervisors.get(ref.uri)
             if hv is None:
                 continue
-            mine = [r for r in self.records.values() if (r.domain.uri, r.domain.uuid) == (ref.uri, ref.uuid)]
-            mine = [r for r in mine if r.domain.id == ref.id]
+            run = (ref.uri, ref.uuid, ref.id)
+            mine = [r for r in self.records.values() if (r.domain.uri, r.domain.uuid, r.domain.id) == run]
             try:
                 hv.write_metadata(ref, mine)
             except DomainGone:

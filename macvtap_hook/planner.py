@@ -8,7 +8,7 @@ late or missed events converge to the same end state.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Set
 from dataclasses import dataclass, field
 
 from macvtap_hook.model import DomainRef, DomainView, Links, LiveNic, ParkedNic, nic_key
@@ -62,6 +62,18 @@ class Plan:
     @property
     def empty(self) -> bool:
         return not (self.forget or self.resync or self.park or self.attach)
+
+    def without(self, failed: Set[Key], no_metadata: Set[tuple[str, str]]) -> Plan:
+        """This plan less what already failed in this run (tried again on the
+        next event, not in a loop) and the resyncs of domains whose metadata
+        cannot be written."""
+        return Plan(
+            forget=self.forget,
+            resync=tuple(r for r in self.resync if (r.domain.uri, r.domain.uuid) not in no_metadata),
+            park=tuple(p for p in self.park if nic_key(p.domain, p.nic.mac) not in failed),
+            attach=tuple(a for a in self.attach if a.record.key not in failed),
+            waiting=self.waiting,
+        )
 
 
 def nic_is_alive(nic: LiveNic, links: Links) -> bool:
