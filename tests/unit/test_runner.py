@@ -22,7 +22,7 @@ SLOW_RUN = textwrap.dedent(
     from macvtap_hook import runner
     from macvtap_hook.engine import Report
     log = sys.argv[1]
-    def converge_once(cfg, **kw):
+    def converge_once(cfg, conns, **kw):
         with open(log, "a") as f:
             f.write("run\\n")
         time.sleep(0.6)
