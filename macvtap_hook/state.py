@@ -125,8 +125,8 @@ class StateStore:
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    def load(self) -> tuple[ParkedNic, ...]:
-        """The records; a missing file is empty, a corrupt one is set aside."""
+    def read(self) -> tuple[ParkedNic, ...]:
+        """The records as they are on disk; raises CorruptState, changes nothing."""
         try:
             raw = self.path.read_bytes()
         except FileNotFoundError:
@@ -134,8 +134,12 @@ class StateStore:
         # The records become XML attached to guests: only root may have written them.
         check_owned_by_root(self.path.parent)
         check_owned_by_root(self.path)
+        return parse_state(raw)
+
+    def load(self) -> tuple[ParkedNic, ...]:
+        """The records; a missing file is empty, a corrupt one is set aside."""
         try:
-            return parse_state(raw)
+            return self.read()
         except CorruptState as exc:
             aside = self.path.with_name(f"{self.path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
             os.replace(self.path, aside)

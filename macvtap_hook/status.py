@@ -11,9 +11,10 @@ import time
 from typing import Any
 
 from macvtap_hook.config import Config
+from macvtap_hook.errors import UnsafePath
 from macvtap_hook.hints import HintQueue
 from macvtap_hook.model import ParkedNic
-from macvtap_hook.state import SCHEMA, CorruptState, parse_state, record_to_dict
+from macvtap_hook.state import SCHEMA, CorruptState, StateStore, record_to_dict
 
 
 def advice(rec: ParkedNic) -> str:
@@ -47,10 +48,8 @@ def render_status(cfg: Config, *, as_json: bool) -> tuple[str, bool]:
     """The text to print, and whether anything needs attention."""
     problem = None
     try:
-        records: tuple[ParkedNic, ...] = parse_state(cfg.state_file.read_bytes())
-    except FileNotFoundError:
-        records = ()
-    except (OSError, CorruptState) as exc:
+        records = StateStore(cfg.state_file).read()
+    except (OSError, CorruptState, UnsafePath) as exc:
         records, problem = (), f"state file {cfg.state_file} unreadable: {exc}; the next run rebuilds it"
     pending = len(HintQueue(cfg.hints_dir).pending())
     attention = any(r.needs_attention for r in records) or problem is not None
