@@ -25,10 +25,7 @@ def setup_logging(verbosity: int, log_file: Path | None = None) -> None:
         target = "stderr" if sys.stderr.isatty() or not os.path.exists(SYSLOG_SOCKET) else "syslog"
     handler: logging.Handler
     if target == "syslog" and os.path.exists(SYSLOG_SOCKET):
-        from logging.handlers import SysLogHandler
-
-        handler = SysLogHandler(address=SYSLOG_SOCKET)
-        handler.setFormatter(logging.Formatter(f"macvtap-hook[{os.getpid()}]: %(message)s"))
+        handler = _DeferredSyslog()
     else:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("macvtap-hook: %(message)s"))
@@ -41,3 +38,26 @@ def setup_logging(verbosity: int, log_file: Path | None = None) -> None:
         else:
             fh.setFormatter(logging.Formatter(f"%(asctime)s macvtap-hook[{os.getpid()}]: %(levelname)s %(message)s"))
             root.addHandler(fh)
+
+
+class _DeferredSyslog(logging.Handler):
+    """Opens the syslog socket at the first line logged: most udev events
+    log nothing, and logging.handlers with its socket costs as much as the
+    rest of the cheap path."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._real: logging.Handler | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self._real is None:
+            from logging.handlers import SysLogHandler
+
+            self._real = SysLogHandler(address=SYSLOG_SOCKET)
+            self._real.setFormatter(logging.Formatter(f"macvtap-hook[{os.getpid()}]: %(message)s"))
+        self._real.handle(record)
+
+    def close(self) -> None:
+        if self._real is not None:
+            self._real.close()
+        super().close()
