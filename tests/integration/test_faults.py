@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from tests.integration.conftest import reconnect, start_libvirtd, stop_libvirtd
-from tests.integration.test_hook import macvtap_alive_on
+from tests.integration.test_hook import booted, macvtap_alive_on
 
 pytestmark = pytest.mark.integration
 
@@ -26,14 +26,6 @@ def one_nic_alive_and_pinging(harness: Any, guest: Any, nic: Any, uplink: Any, a
     assert macs.count(nic.mac) == 1, f"{nic.mac} appears {macs.count(nic.mac)} times"
     macvtap_alive_on(harness, guest, nic.mac, uplink)
     guest.wait_for_ping(nic.mac, after_line=after, timeout=30)
-
-
-def booted(harness: Any, testbed: Any, **kw: Any) -> tuple[Any, Any, Any]:
-    up = testbed.uplink(0)
-    nic = harness.Nic.direct(up, 10)
-    guest = testbed.guest([nic], **kw)
-    guest.wait_for_ping(nic.mac, timeout=90)
-    return up, nic, guest
 
 
 # -- catching up -----------------------------------------------------------------

@@ -24,6 +24,15 @@ def macvtap_alive_on(harness: Any, guest: Any, mac: str, uplink: Any) -> str:
     return str(tap)
 
 
+def booted(harness: Any, testbed: Any, **kw: Any) -> tuple[Any, Any, Any]:
+    """Uplink 0, a guest with one bridge-mode NIC on it, already pinging its peer."""
+    up = testbed.uplink(0)
+    nic = harness.Nic.direct(up, 10)
+    guest = testbed.guest([nic], **kw)
+    guest.wait_for_ping(nic.mac, timeout=90)
+    return up, nic, guest
+
+
 def cycle(
     harness: Any, hook: Any, guest: Any, nics: list[Any], uplink: Any, timings: dict[str, float], tag: str
 ) -> None:
@@ -118,10 +127,7 @@ def test_pool_network_nic_comes_back_through_the_network(harness, testbed, hook,
 def test_uplink_recreated_faster_than_events_are_handled(harness, testbed, hook) -> None:  # type: ignore[no-untyped-def]
     """udevd holds both events until the uplink is already back: the NIC
     then looks attached, but its macvtap is gone: it must be repaired."""
-    up = testbed.uplink(0)
-    nic = harness.Nic.direct(up, 10)
-    guest = testbed.guest([nic])
-    guest.wait_for_ping(nic.mac, timeout=90)
+    up, nic, guest = booted(harness, testbed)
     old_tap = guest.macvtap_of(nic.mac)
     subprocess.run(["udevadm", "control", "--stop-exec-queue"], check=True)
     try:
@@ -140,10 +146,7 @@ def test_uplink_recreated_faster_than_events_are_handled(harness, testbed, hook)
 
 
 def test_renamed_uplink_is_left_alone(harness, testbed, hook) -> None:  # type: ignore[no-untyped-def]
-    up = testbed.uplink(0)
-    nic = harness.Nic.direct(up, 10)
-    guest = testbed.guest([nic])
-    guest.wait_for_ping(nic.mac, timeout=90)
+    up, nic, guest = booted(harness, testbed)
     tap = guest.macvtap_of(nic.mac)
     up.rename(f"{testbed.prefix}0r")
     hook.settle()
@@ -156,10 +159,7 @@ def test_renamed_uplink_is_left_alone(harness, testbed, hook) -> None:  # type: 
 
 
 def test_churn_of_unrelated_interfaces_is_ignored(harness, testbed, hook) -> None:  # type: ignore[no-untyped-def]
-    up = testbed.uplink(0)
-    nic = harness.Nic.direct(up, 10)
-    guest = testbed.guest([nic])
-    guest.wait_for_ping(nic.mac, timeout=90)
+    _up, nic, guest = booted(harness, testbed)
     tap = guest.macvtap_of(nic.mac)
     for i in range(15):
         name = f"{testbed.prefix}x{i}"

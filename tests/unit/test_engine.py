@@ -177,16 +177,21 @@ def test_stuck_guest_that_releases_later_gets_its_nic_back(world: World) -> None
     assert world.alive(UUID1, MAC1) and world.store.load() == ()
 
 
-def test_reconcile_retries_a_stuck_nic(world: World) -> None:
+def test_reconcile_retries_a_stuck_nic_which_comes_back_with_its_own_link_state(world: World) -> None:
     world.hv.start("vm1", UUID1, [direct_nic(MAC1, "up0")])
     guest = world.hv.guests[UUID1]
     guest.releases = False
     world.links.delete("up0")
     world.converge()
+    assert world.nics(UUID1)[MAC1].find("link").get("state") == "down"  # type: ignore[union-attr]
     guest.releases = True
     report = world.converge(retry_stuck=True)
     assert report.parked == 1
     assert world.store.load()[0].state == "parked"
+    world.links.add("up0")
+    assert world.converge().attached == 1
+    link = world.nics(UUID1)[MAC1].find("link")
+    assert link is None or link.get("state") != "down", "re-attached with the link-down we had set"
 
 
 @pytest.mark.parametrize("fate", ["destroyed", "restarted"])
@@ -379,21 +384,6 @@ def test_a_record_whose_nic_is_gone_becomes_parked(world: World, left: str) -> N
 
 
 # -- found in review: each of these lost, duplicated or misplaced a NIC before ------
-
-
-def test_retried_stuck_nic_comes_back_with_its_own_link_state(world: World) -> None:
-    world.hv.start("vm1", UUID1, [direct_nic(MAC1, "up0")])
-    guest = world.hv.guests[UUID1]
-    guest.releases = False
-    world.links.delete("up0")
-    world.converge()
-    assert world.nics(UUID1)[MAC1].find("link").get("state") == "down"  # type: ignore[union-attr]
-    guest.releases = True
-    world.converge(retry_stuck=True)
-    world.links.add("up0")
-    assert world.converge().attached == 1
-    link = world.nics(UUID1)[MAC1].find("link")
-    assert link is None or link.get("state") != "down", "re-attached with the link-down we had set"
 
 
 def test_libvirt_going_away_mid_park_is_not_a_stuck_guest(world: World) -> None:
