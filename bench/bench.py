@@ -1,18 +1,30 @@
 #!/usr/bin/env python3
-"""macvtap-hook benchmark: prints its numbers, tool and raw libvirt side by side.
+"""macvtap-hook benchmark: every number of issue 9 in one run, next to its yardstick.
 
-(a) an `add` event for an interface nothing waits for, through the installed
-    `macvtap-hook udev`, against the same interpreter's `python -c pass`
-    (wall time and peak RSS, median of many runs);
+(a) events, with every guest below running: `macvtap-hook udev` for the add,
+    remove and rename of interfaces no NIC sits on, against `python -c pass`
+    of the same interpreter binary (median wall time, peak RSS), interleaved;
+    once as installed, once with `-S` (no site-packages start-up hooks: what
+    a clean interpreter costs); the modules the cheap path imports beyond
+    `python -c pass`; and the full run for contrast.
 (b) for 1 and for 8 booted guests on one uplink: from the uplink's return to
-    every NIC attached and to every guest's first ping,
-    - through udevd running the installed rule (the real path),
-    - through `macvtap-hook reconcile` run by hand (one process: its own wall
-      time and peak RSS),
-    - by raw libvirt calls (attachDeviceFlags of the same XML), no tool.
+    every NIC attached and to every guest's first ping, median of --cycles:
+    through udevd and the installed rule (the real path), `macvtap-hook
+    reconcile` run by hand (its own wall time and peak RSS), and raw
+    libvirt attachDeviceFlags of the same XML, one after the other and at once.
+(c) a pool network of two uplinks: from the deletion of the member a guest's
+    NIC sits on to the NIC attached on the other member and to its first ping
+    through it; whether the first member's return moved anything.
+(d) a guest on a Linux bridge, the bridge deleted and made again with its
+    port: from the bridge's return to the guest's tap back on it and to the
+    guest's first ping, through udevd and the installed rule, next to a
+    hand-made `ip link set vnetN master BR` (median of --cycles).
 
-Needs the real stack (tests/testbed/setup) and root. Run: bench/bench.py
-[--runs N] [--guests 1,8]. Machines here are noisy: compare within one run.
+Needs the real stack (tests/testbed/setup), root, and the package installed
+in the interpreter running this (pip install .). It refuses to run while
+another installation of the hook is active (its udev rule would act on the
+bench's links). Machines here are noisy: compare within one run.
+Run: bench/bench.py [--runs N] [--cycles N] [--guests 1,8] [--no-bridge]
 """
 
 from __future__ import annotations
@@ -25,6 +37,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +48,14 @@ import harness  # noqa: E402
 PREFIX = "mhb"
 CONFIG = Path("/etc/macvtap-hook/config.toml")
 BIN = str(Path(sys.executable).parent / "macvtap-hook")
+RULE_DIRS = ("/etc/udev/rules.d", "/run/udev/rules.d", "/usr/lib/udev/rules.d", "/lib/udev/rules.d")
+HEAVY = {"libvirt", "pyroute2", "filelock", "asyncio", "logging", "argparse", "dataclasses", "pathlib", "typing"}
 
 
-def timed(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, int, int]:
+# --------------------------------------------------------------------------- processes
+
+
+def timed(argv: Sequence[str], env: dict[str, str] | None = None) -> tuple[float, int, int]:
     """Wall seconds, peak RSS (KiB) and exit code of one process."""
     start = time.perf_counter()
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -51,40 +69,73 @@ def finish(proc: subprocess.Popen[bytes], start: float) -> tuple[float, int, int
     return wall, usage.ru_maxrss, proc.returncode
 
 
-def bench_irrelevant_event(runs: int, work: Path) -> None:
-    cfg = work / "cheap.toml"
-    (work / "cheap-state").mkdir(mode=0o700, exist_ok=True)
-    (work / "cheap-state" / "state.json").write_text('{"schema": 1, "parked": []}')
-    cfg.write_text(f'state_dir = "{work}/cheap-state"\nrun_dir = "{work}/cheap-run"\n')
-    env = {
-        "PATH": os.environ["PATH"],
-        "MACVTAP_HOOK_CONFIG": str(cfg),
-        "ACTION": "add",
-        "SUBSYSTEM": "net",
-        "INTERFACE": "bench9",
-    }
-    base, hook = [], []
-    for _ in range(runs):  # interleaved, so drifts in machine load hit both
-        base.append(timed([sys.executable, "-c", "pass"]))
-        hook.append(timed([BIN, "udev"], env=env))
-    assert all(code == 0 for *_, code in hook), "the hook failed"
-    b_wall = statistics.median(w for w, _, _ in base)
-    h_wall = statistics.median(w for w, _, _ in hook)
-    b_rss = statistics.median(r for _, r, _ in base)
-    h_rss = statistics.median(r for _, r, _ in hook)
-    print(f"(a) irrelevant add event, median of {runs} runs")
-    print(f"    python -c pass         {b_wall * 1000:7.1f} ms   {b_rss / 1024:5.1f} MiB peak RSS")
-    print(f"    macvtap-hook udev      {h_wall * 1000:7.1f} ms   {h_rss / 1024:5.1f} MiB peak RSS")
-    print(f"    ratio                  {h_wall / b_wall:7.2f} x    (target <= 3 x)")
-    loaded = subprocess.run(
-        [sys.executable, "-X", "importtime", BIN, "udev"], env=env, capture_output=True, text=True, check=False
-    ).stderr
-    imported = {line.rpartition("|")[2].strip() for line in loaded.splitlines() if line.startswith("import time:")}
-    heavy = sorted(imported & {"libvirt", "pyroute2", "filelock", "asyncio"})
-    print(f"    heavy modules imported: {', '.join(heavy) or 'none'}")
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:7.1f} ms"
 
 
-def wait_all(pred: Any, timeout: float, what: str) -> float:
+def other_installation() -> str | None:
+    """A udev rule of macvtap-hook already on the host (not the bench's: it installs its own later)."""
+    for folder in RULE_DIRS:
+        try:
+            names = sorted(os.listdir(folder))
+        except OSError:
+            continue
+        for name in names:
+            path = Path(folder, name)
+            try:
+                if "macvtap-hook" in path.read_text(errors="replace"):
+                    return str(path)
+            except OSError:
+                continue
+    return None
+
+
+# --------------------------------------------------------------------------- the tool's configuration
+
+
+class Tool:
+    """The tool configured for the bench (its state in the bench's folder),
+    the host's own configuration file kept aside meanwhile."""
+
+    def __init__(self, work: Path) -> None:
+        self.work = work
+        self.backup = CONFIG.read_bytes() if CONFIG.exists() else None
+        self.installed = False
+
+    def configure(self) -> None:
+        CONFIG.parent.mkdir(parents=True, exist_ok=True)
+        CONFIG.write_text(f'state_dir = "{self.work}/state"\nrun_dir = "{self.work}/run"\nhandoff = "inline"\n')
+        CONFIG.chmod(0o644)
+
+    def install(self) -> None:
+        subprocess.run([BIN, "-q", "install", "--runtime"], check=True, capture_output=True)
+        self.installed = True
+
+    def uninstall(self) -> None:
+        subprocess.run(["udevadm", "settle"], check=False)
+        if self.installed:
+            subprocess.run([BIN, "-q", "uninstall", "--runtime"], check=False, capture_output=True)
+            self.installed = False
+
+    def restore(self) -> None:
+        self.uninstall()
+        if self.backup is None:
+            CONFIG.unlink(missing_ok=True)
+        else:
+            CONFIG.write_bytes(self.backup)
+
+    def run(self, *args: str) -> None:
+        subprocess.run([BIN, "-q", *args], check=False)
+
+
+def settle() -> None:
+    subprocess.run(["udevadm", "settle", "--timeout=120"], check=True)
+
+
+# --------------------------------------------------------------------------- the guests
+
+
+def wait_all(pred: Callable[[], bool], timeout: float, what: str) -> float:
     start = time.monotonic()
     while not pred():
         if time.monotonic() - start > timeout:
@@ -93,14 +144,18 @@ def wait_all(pred: Any, timeout: float, what: str) -> float:
     return time.monotonic()
 
 
-class Bed:
-    def __init__(self, n: int, work: Path) -> None:
-        self.tb = harness.Testbed(prefix=PREFIX, workdir=work)
-        self.up = self.tb.uplink(0)
+class Group:
+    """n guests with one NIC each on one uplink."""
+
+    def __init__(self, tb: Any, uplink_index: int, n: int) -> None:
+        self.up = tb.uplink(uplink_index)
         self.nics = [harness.Nic.direct(self.up, 10 + i) for i in range(n)]
-        self.guests = [self.tb.guest([nic]) for nic in self.nics]
-        for g, nic in zip(self.guests, self.nics, strict=True):
-            g.wait_for_ping(nic.mac, timeout=180)
+        self.guests = [tb.guest([nic], name=f"u{uplink_index}g{i}") for i, nic in enumerate(self.nics)]
+        self.xml: dict[str, str] = {}
+
+    def booted(self) -> None:
+        for g, nic in self.pairs():
+            g.wait_for_ping(nic.mac, timeout=300)
         self.xml = {nic.mac: harness.attachable_xml(g.interface_xml(nic.mac)) for g, nic in self.pairs()}
 
     def pairs(self) -> list[tuple[Any, Any]]:
@@ -112,7 +167,7 @@ class Bed:
     def all_gone(self) -> bool:
         return all(g.interface_xml(n.mac) is None for g, n in self.pairs())
 
-    def measure_return(self, bring_back: Any) -> tuple[float, float]:
+    def measure_return(self, bring_back: Callable[[], None]) -> tuple[float, float]:
         """Seconds from the uplink's return to all NICs attached, and to all pinging."""
         positions = [g.console_position() for g in self.guests]
         start = time.monotonic()
@@ -124,111 +179,302 @@ class Bed:
             last = max(last, time.monotonic())
         return attached, last - start
 
+    def raw_detach(self) -> None:
+        import libvirt
 
-def write_config(work: Path) -> None:
-    CONFIG.parent.mkdir(parents=True, exist_ok=True)
-    CONFIG.write_text(f'state_dir = "{work}/state"\nrun_dir = "{work}/run"\nhandoff = "inline"\n')
-    CONFIG.chmod(0o644)
-
-
-def install(work: Path) -> None:
-    write_config(work)
-    subprocess.run([BIN, "-q", "install", "--runtime"], check=True)
+        self.up.delete()
+        for g, nic in self.pairs():
+            g.domain().detachDeviceFlags(g.interface_xml(nic.mac), libvirt.VIR_DOMAIN_AFFECT_LIVE)
+        wait_all(self.all_gone, 60, "raw detach")
 
 
-def uninstall() -> None:
-    subprocess.run(["udevadm", "settle"], check=False)
-    subprocess.run([BIN, "-q", "uninstall", "--runtime"], check=False)
-    CONFIG.unlink(missing_ok=True)
+# --------------------------------------------------------------------------- (a) events
 
 
-def bench_guests(n: int, work: Path) -> None:
-    work.mkdir(parents=True)
-    bed = Bed(n, work)
-    conn = bed.tb.conn
+def bench_events(tool: Tool, runs: int, guests: int, indexed_uplink: str) -> list[str]:
+    tool.configure()
+    tool.run("reconcile")  # a settled run: the index of what live NICs sit on
+    harness.run(["ip", "link", "add", f"{PREFIX}q0", "type", "veth", "peer", "name", f"{PREFIX}q0p"])
+    ifindex = Path(f"/sys/class/net/{PREFIX}q0/ifindex").read_text().strip()
+    common = {"PATH": os.environ["PATH"], "SUBSYSTEM": "net"}
+    cases = {
+        "add of an interface nothing waits for": dict(common, ACTION="add", INTERFACE=f"{PREFIX}q0", IFINDEX=ifindex),
+        "remove of one no live NIC sits on": dict(common, ACTION="remove", INTERFACE=f"{PREFIX}gone"),
+        "rename of one no live NIC sits on": dict(
+            common, ACTION="move", INTERFACE=f"{PREFIX}q0", DEVPATH_OLD=f"/devices/virtual/net/{PREFIX}q9"
+        ),
+    }
+    import macvtap_hook
+
+    site_dir = str(Path(macvtap_hook.__path__[0]).resolve().parent)
+    out = [f"(a) events with {guests} guests running; median of {runs} runs, interleaved with python -c pass"]
+    for label, flags, extra in (
+        ("as installed", [], {}),
+        ("python -S (no site hooks)", ["-S"], {"PYTHONPATH": site_dir}),
+    ):
+        base: list[tuple[float, int, int]] = []
+        hook: dict[str, list[tuple[float, int, int]]] = {k: [] for k in cases}
+        for _ in range(runs):
+            base.append(timed([sys.executable, *flags, "-c", "pass"]))
+            for name, env in cases.items():
+                hook[name].append(timed([sys.executable, *flags, BIN, "udev"], env={**env, **extra}))
+        bad = [n for n, res in hook.items() if any(code for *_, code in res)]
+        assert not bad, f"the hook failed: {bad}"
+        b_wall = statistics.median(w for w, _, _ in base)
+        b_rss = statistics.median(r for _, r, _ in base)
+        out.append(f"  {label}:")
+        out.append(f"    python -c pass                          {ms(b_wall)}   {b_rss / 1024:5.1f} MiB peak RSS")
+        for name, res in hook.items():
+            wall = statistics.median(w for w, _, _ in res)
+            rss = statistics.median(r for _, r, _ in res)
+            target = "2.5" if name.startswith("add") else "3"
+            out.append(
+                f"    {name:<40}{ms(wall)}   {rss / 1024:5.1f} MiB peak RSS"
+                f"   {wall / b_wall:5.2f} x (target <= {target} x)"
+            )
+    for name, env in cases.items():
+        extra_modules = imported(env) - imported(None)
+        heavy = sorted(extra_modules & HEAVY)
+        out.append(
+            f"    {name.split()[0]}: {len(extra_modules)} modules beyond python -c pass"
+            f" (heavy: {', '.join(heavy) or 'none'})"
+        )
+    full = [timed([BIN, "udev"], env=dict(common, ACTION="remove", INTERFACE=indexed_uplink)) for _ in range(5)]
+    out.append(
+        f"    for contrast, a full run (remove of an uplink NICs sit on, nothing to do): "
+        f"{ms(statistics.median(w for w, _, _ in full))}, {max(r for _, r, _ in full) / 1024:.1f} MiB peak RSS"
+    )
+    harness.run(["ip", "link", "del", f"{PREFIX}q0"])
+    return out
+
+
+def imported(env: dict[str, str] | None) -> set[str]:
+    argv = [sys.executable, "-X", "importtime", *([BIN, "udev"] if env else ["-c", "pass"])]
+    err = subprocess.run(argv, env=env, capture_output=True, text=True, check=False).stderr
+    return {line.rpartition("|")[2].strip() for line in err.splitlines() if line.startswith("import time:")}
+
+
+# --------------------------------------------------------------------------- (b) attach
+
+
+def raw_attach(group: Group, conn: Any, at_once: bool) -> Callable[[], None]:
     import libvirt
 
-    try:
-        # Through udevd and the installed rule.
-        install(work)
-        bed.up.delete()
-        subprocess.run(["udevadm", "settle"], check=True)
-        assert bed.all_gone(), "the hook did not park the NICs"
-        udev = bed.measure_return(bed.up.recreate)
-        subprocess.run(["udevadm", "settle"], check=True)
-        uninstall()
+    def attach(g: Any, nic: Any) -> None:
+        conn.lookupByName(g.name).attachDeviceFlags(group.xml[nic.mac], libvirt.VIR_DOMAIN_AFFECT_LIVE)
 
-        # `macvtap-hook reconcile` by hand, one process.
-        write_config(work)  # no rule: only the process we start acts
-        bed.up.delete()
-        subprocess.run([BIN, "-q", "reconcile"], check=False)
-        assert bed.all_gone()
-        proc: dict[str, float] = {}
-        reaper: list[threading.Thread] = []
+    def bring_back() -> None:
+        group.up.recreate()
+        if at_once:
+            threads = [threading.Thread(target=attach, args=pair) for pair in group.pairs()]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        else:
+            for g, nic in group.pairs():
+                attach(g, nic)
 
-        def reconcile() -> None:  # not waited for here: the NICs are polled meanwhile
-            bed.up.recreate()
-            start = time.perf_counter()
-            child = subprocess.Popen([BIN, "-q", "reconcile"])
+    return bring_back
 
-            def reap() -> None:
-                wall, rss, _ = finish(child, start)
-                proc.update(wall=wall, rss=rss)
 
-            reaper.append(threading.Thread(target=reap))
-            reaper[0].start()
+def bench_attach(tool: Tool, group: Group, conn: Any, cycles: int) -> list[str]:
+    n = len(group.guests)
+    rows: dict[str, list[tuple[float, float]]] = {"udev": [], "raw": [], "raw-at-once": []}
+    tool.configure()
+    tool.install()
+    for _ in range(cycles):
+        group.up.delete()
+        settle()
+        assert group.all_gone(), "the hook did not park the NICs"
+        rows["udev"].append(group.measure_return(group.up.recreate))
+        settle()
+    tool.uninstall()
 
-        by_hand = bed.measure_return(reconcile)
-        reaper[0].join()
-        uninstall()
+    # `macvtap-hook reconcile` by hand: one process, whose own cost is measured too.
+    group.up.delete()
+    tool.run("reconcile")
+    assert group.all_gone()
+    proc: dict[str, float] = {}
+    reaper: list[threading.Thread] = []
 
-        # Raw libvirt, no tool: the same XML attached by the same calls.
-        bed.up.delete()
-        for g, nic in bed.pairs():
-            g.domain().detachDeviceFlags(g.interface_xml(nic.mac), libvirt.VIR_DOMAIN_AFFECT_LIVE)
-        wait_all(bed.all_gone, 60, "raw detach")
-        raw_calls: list[float] = []
+    def reconcile() -> None:  # not waited for here: the NICs are polled meanwhile
+        group.up.recreate()
+        start = time.perf_counter()
+        child = subprocess.Popen([BIN, "-q", "reconcile"])
 
-        def raw() -> None:
-            bed.up.recreate()
-            t0 = time.monotonic()
-            for g, nic in bed.pairs():
-                conn.lookupByName(g.name).attachDeviceFlags(bed.xml[nic.mac], libvirt.VIR_DOMAIN_AFFECT_LIVE)
-            raw_calls.append(time.monotonic() - t0)
+        def reap() -> None:
+            wall, rss, _ = finish(child, start)
+            proc.update(wall=wall, rss=rss)
 
-        rawt = bed.measure_return(raw)
-    finally:
-        uninstall()
-        bed.tb.close()
+        reaper.append(threading.Thread(target=reap))
+        reaper[0].start()
 
-    print(f"(b) {n} guest(s) on one uplink: uplink back -> all NICs attached / all guests pinging")
-    print(f"    udev rule (real path)    {udev[0] * 1000:7.0f} ms / {udev[1] * 1000:7.0f} ms")
-    print(
-        f"    reconcile by hand        {by_hand[0] * 1000:7.0f} ms / {by_hand[1] * 1000:7.0f} ms"
+    by_hand = group.measure_return(reconcile)
+    reaper[0].join()
+
+    for _ in range(cycles):
+        group.raw_detach()
+        rows["raw"].append(group.measure_return(raw_attach(group, conn, at_once=False)))
+        group.raw_detach()
+        rows["raw-at-once"].append(group.measure_return(raw_attach(group, conn, at_once=True)))
+
+    def med(key: str, i: int) -> float:
+        return statistics.median(r[i] for r in rows[key])
+
+    raw = med("raw", 0)
+    out = [
+        f"(b) {n} guest(s) on one uplink: uplink back -> all NICs attached / all guests pinging (median of {cycles})"
+    ]
+    udev = med("udev", 0)
+    out.append(f"    udev rule (real path)      {ms(udev)} / {ms(med('udev', 1))}   {udev / raw:5.2f} x raw")
+    out.append(
+        f"    reconcile by hand          {ms(by_hand[0])} / {ms(by_hand[1])}   {by_hand[0] / raw:5.2f} x raw"
         f"   (process {proc['wall'] * 1000:.0f} ms, {proc['rss'] / 1024:.1f} MiB peak RSS)"
     )
-    print(
-        f"    raw libvirt attach       {rawt[0] * 1000:7.0f} ms / {rawt[1] * 1000:7.0f} ms"
-        f"   (the {n} attach calls alone: {raw_calls[0] * 1000:.0f} ms)"
-    )
+    out.append(f"    raw libvirt, one by one    {ms(raw)} / {ms(med('raw', 1))}")
+    out.append(f"    raw libvirt, all at once   {ms(med('raw-at-once', 0))} / {ms(med('raw-at-once', 1))}")
+    return out
+
+
+# --------------------------------------------------------------------------- (c) pool failover
+
+
+def bench_pool(tool: Tool, tb: Any, first_uplink: int, cycles: int) -> list[str]:
+    a, b = tb.uplink(first_uplink), tb.uplink(first_uplink + 1)
+    # b's far end answers on a's subnet too: the guest keeps its address on either member.
+    harness.run(["ip", "-n", b.netns, "addr", "add", f"{a.peer_addr}/24", "dev", b.peer])
+    net = tb.pool_network("pool", [a.name, b.name]).name()
+    nic = harness.Nic.on_network(net, a, 10)
+    guest = tb.guest([nic], name="pool")
+    guest.wait_for_ping(nic.mac, timeout=300)
+    members = {a.name: a, b.name: b}
+
+    def member() -> str | None:
+        iface = harness.interface_element(guest.live_xml(), nic.mac)
+        src = iface.find("source") if iface is not None else None
+        return src.get("dev") if src is not None and iface is not None and iface.find("target") is not None else None
+
+    tool.configure()
+    tool.install()
+    times: list[tuple[float, float]] = []
+    moved = 0
+    try:
+        for _ in range(cycles):
+            first = member()
+            assert first in members
+            other = next(m for m in members if m != first)
+            pos = guest.console_position()
+            start = time.monotonic()
+            members[first].delete()
+            attached = wait_all(lambda: member() == other, 60, "failover") - start  # noqa: B023
+            guest.wait_for_ping(nic.mac, after_line=pos, timeout=60)
+            times.append((attached, time.monotonic() - start))
+            members[first].recreate()
+            if first == b.name:  # its far end comes back with its own address only
+                harness.run(["ip", "-n", b.netns, "addr", "add", f"{a.peer_addr}/24", "dev", b.peer])
+            settle()
+            moved += member() != other
+    finally:
+        tool.uninstall()
+    return [
+        f"(c) pool network of 2 members: member gone -> NIC on the other / guest pinging (median of {cycles})",
+        f"    udev rule (real path)      {ms(statistics.median(t[0] for t in times))} / "
+        f"{ms(statistics.median(t[1] for t in times))}",
+        f"    the first member's return moved the NIC: {moved} of {cycles} times",
+    ]
+
+
+# --------------------------------------------------------------------------- main
+
+
+def tap_master(tap: str) -> str | None:
+    try:
+        return os.path.basename(os.readlink(f"/sys/class/net/{tap}/master"))
+    except OSError:
+        return None
+
+
+def bench_bridge(tool: Tool, tb: Any, cycles: int) -> list[str]:
+    bu = tb.bridge_uplink(200)
+    nic = harness.Nic.bridged(bu, 10)
+    guest = tb.guest([nic], name="bridge")
+    guest.wait_for_ping(nic.mac, timeout=300)
+    tap = guest.macvtap_of(nic.mac)
+    assert tap and tap_master(tap) == bu.bridge
+
+    def measure(by_hand: bool) -> tuple[float, float]:
+        bu.delete()
+        settle()
+        assert tap_master(tap) is None
+        pos = guest.console_position()
+        start = time.monotonic()
+        bu.recreate()
+        if by_hand:
+            harness.run(["ip", "link", "set", tap, "master", bu.bridge])
+        back = wait_all(lambda: tap_master(tap) == bu.bridge, 60, "tap back on the bridge") - start
+        guest.wait_for_ping(nic.mac, after_line=pos, timeout=60)
+        return back, time.monotonic() - start
+
+    tool.configure()
+    tool.install()
+    try:
+        by_tool = [measure(by_hand=False) for _ in range(cycles)]
+    finally:
+        tool.uninstall()
+    by_hand = [measure(by_hand=True) for _ in range(cycles)]
+
+    def med(rows: list[tuple[float, float]], i: int) -> str:
+        return ms(statistics.median(r[i] for r in rows))
+
+    return [
+        f"(d) a guest on a bridge: bridge back -> tap on it / guest pinging (median of {cycles})",
+        f"    udev rule (real path)      {med(by_tool, 0)} / {med(by_tool, 1)}",
+        f"    ip link set {tap} master   {med(by_hand, 0)} / {med(by_hand, 1)}   (by hand, no tool)",
+    ]
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", type=int, default=40, help="runs of (a)")
-    parser.add_argument("--guests", default="1,8", help="guest counts for (b), comma-separated; empty to skip")
+    parser.add_argument("--runs", type=int, default=40, help="runs of each event in (a)")
+    parser.add_argument("--cycles", type=int, default=5, help="uplink cycles per method in (b) and (c)")
+    parser.add_argument("--guests", default="1,8", help="guest counts for (b), comma-separated")
+    parser.add_argument("--no-bridge", action="store_true", help="leave out (d), the bridge taps")
     args = parser.parse_args()
+    found = other_installation()
+    if found:
+        sys.exit(f"bench: refusing to run: macvtap-hook is installed on this host ({found}) and would act on its links")
     if not os.access(BIN, os.X_OK):
-        sys.exit(f"{BIN} missing: pip install . first")
+        sys.exit(f"bench: {BIN} missing: pip install . first")
+    sizes = [int(x) for x in args.guests.split(",") if x]
+    print(f"macvtap-hook bench: {time.strftime('%Y-%m-%d %H:%M:%S')} UTC, {os.cpu_count()} CPUs, {sys.executable}")
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"load average before: {load} (a shared, noisy machine: compare ratios within this run)")
     with tempfile.TemporaryDirectory(prefix="mhb-") as tmp:
         work = Path(tmp)
-        bench_irrelevant_event(args.runs, work)
+        tool = Tool(work)
         harness.cleanup(PREFIX)
+        tb = harness.Testbed(prefix=PREFIX, workdir=work / "bed")
         try:
-            for n in [int(x) for x in args.guests.split(",") if x]:
-                bench_guests(n, work / f"g{n}")
+            groups = [Group(tb, i, n) for i, n in enumerate(sizes)]
+            for group in groups:
+                group.booted()
+            running = sum(sizes)
+            for line in bench_events(tool, args.runs, running, groups[0].up.name):
+                print(line, flush=True)
+            for group in groups:
+                for line in bench_attach(tool, group, tb.conn, args.cycles):
+                    print(line, flush=True)
+            for line in bench_pool(tool, tb, len(sizes), args.cycles):
+                print(line, flush=True)
+            if not args.no_bridge:
+                for line in bench_bridge(tool, tb, args.cycles):
+                    print(line, flush=True)
         finally:
+            tool.restore()
+            tb.close()
             harness.cleanup(PREFIX)
+    print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     return 0
 
 

@@ -1,5 +1,5 @@
 import sys
 
-from macvtap_hook.cli import main
+from macvtap_hook.entry import main
 
 sys.exit(main())

@@ -21,6 +21,8 @@ from macvtap_hook.errors import (
     EXIT_INTERNAL,
     EXIT_OK,
     EXIT_USAGE,
+    HypervisorUnavailable,
+    LockTimeout,
     MacvtapHookError,
     UsageError,
 )
@@ -34,7 +36,7 @@ INLINE_BUDGET = 60.0  # seconds of draining an inline (udev) run may start round
 EPILOG = """\
 exit codes:
   0   done (or nothing to do)
-  1   reconcile, status --check: a NIC is stuck or its re-attach keeps failing
+  1   a NIC is stuck or its re-attach keeps failing (reconcile, status --check), or a domain's XML is unreadable
   2   bad arguments or a malformed event; nothing was changed
   3   unsafe or unreadable configuration, state or hook file
   4   another run held the lock too long; the event is kept for the next run
@@ -51,12 +53,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     verbosity = 0
     if args[:1] == ["libvirt-hook"]:
         return _libvirt_hook(args[1:])  # before anything that could fail
+    if args[:1] == ["libvirt-network-hook"]:
+        return _libvirt_network_hook(args[1:])
     try:
         if args[:1] == ["udev"] and len(args) == 1:
             return _guard(_udev, 0)  # the hot path skips argparse
         parser = _parser()
         ns = parser.parse_args(args)
-        verbosity = ns.verbose - ns.quiet
+        verbosity = ns.verbose + ns.verbose_after - ns.quiet - ns.quiet_after
         return _guard(lambda cfg: int(ns.func(ns, cfg)), verbosity)
     except SystemExit as exc:  # argparse: --help, --version, usage errors
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
@@ -72,6 +76,11 @@ def _guard(action: Callable[[Config], int], verbosity: int) -> int:
     _setup_logging(verbosity, cfg)
     try:
         return action(cfg)
+    except (LockTimeout, HypervisorUnavailable) as exc:
+        # The event is kept and a later run (or the timer) does the work:
+        # a stopped libvirtd or a long run is not an error of ours.
+        log.warning("%s", exc)
+        return exc.exit_code
     except MacvtapHookError as exc:
         log.error("%s", exc)
         return exc.exit_code
@@ -104,20 +113,37 @@ def _nm(ns: Any, cfg: Config) -> int:
 
 
 def _on_event(cfg: Config, hint: Hint | None, seqnum: str | None) -> int:
-    from macvtap_hook.events import needs_work
-
     if hint is None:
         return EXIT_OK
-    if not needs_work(hint, str(cfg.state_file), str(cfg.hints_dir)):
-        log.debug("%s: nothing is parked on it", hint.describe())
+    if not _matters(cfg, hint):
+        log.debug("%s: no live NIC sits on it and no parked NIC waits for it", hint.describe())
         return EXIT_OK
     if _hand_off(cfg, hint, seqnum):
         return EXIT_OK
     from macvtap_hook.runner import run
 
     # Inside udev: stay well within its event timeout (180 s by default).
-    run(cfg, hint, budget=INLINE_BUDGET)
-    return EXIT_OK
+    report = run(cfg, hint, budget=INLINE_BUDGET)
+    return EXIT_ATTENTION if report is not None and report.unreadable else EXIT_OK
+
+
+def _matters(cfg: Config, hint: Hint) -> bool:
+    from macvtap_hook.events import awaited_under_another_name, needs_work, only_another_name_could_matter
+
+    if hint.bridge:
+        return True  # guests' taps may belong on it, and the index names no bridges
+    if not needs_work(hint.action, hint.iface, hint.old_iface, str(cfg.run_dir), str(hint.ifindex or "")):
+        return False
+    if not only_another_name_could_matter(hint.action, hint.iface, str(cfg.run_dir)):
+        return True
+    return awaited_under_another_name(
+        hint,
+        str(cfg.state_file),
+        str(cfg.hints_dir),
+        rules=cfg.uplink_rules,
+        hooks_dir=str(cfg.uplink_hooks_dir),
+        stacked=cfg.stacked,
+    )
 
 
 def _hand_off(cfg: Config, hint: Hint, seqnum: str | None) -> bool:
@@ -166,6 +192,46 @@ def _libvirt_hook(argv: Sequence[str]) -> int:
     return EXIT_OK
 
 
+def _libvirt_network_hook(argv: Sequence[str]) -> int:
+    """libvirt's network hook: NETWORK OPERATION SUB-OPERATION EXTRA. On
+    'started' the network's bridge is new, and guests' taps belong on it:
+    leave a hint and start a worker. libvirt waits for this hook while it
+    starts the network, so it never calls libvirt nor waits for our lock,
+    prints nothing and always exits 0."""
+    try:
+        if argv[1:2] != ["started"]:
+            return EXIT_OK
+        cfg = load_config()
+        _setup_logging(0, cfg)
+        from macvtap_hook.hints import Hint
+
+        hint = Hint(source="libvirt-network-hook", action="add", iface=None, bridge=True)
+        if not _hand_off(cfg, hint, None):
+            _spawn_drain(cfg, hint)
+        log.debug("network %s started: its taps are put back by a worker", argv[0])
+    except BaseException:
+        with contextlib.suppress(BaseException):  # nothing may escape to libvirt
+            log.exception("libvirt network hook failed (ignored)")
+    return EXIT_OK
+
+
+def _spawn_drain(cfg: Config, hint: Hint) -> None:
+    """Without systemd: a detached `drain` of our own. Its standard streams
+    are not libvirt's pipes (libvirt reads them until they close)."""
+    import subprocess
+
+    from macvtap_hook.hints import HintQueue
+
+    HintQueue(cfg.hints_dir).put(hint)
+    subprocess.Popen(
+        [sys.executable, "-I", "-m", "macvtap_hook", "drain"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
 # -- administrator commands ---------------------------------------------------
 
 
@@ -175,27 +241,36 @@ def _reconcile(ns: Any, cfg: Config) -> int:
     from macvtap_hook.runner import run
 
     only = frozenset(check_ifname(name) for name in ns.ifaces) or None
-    report = run(cfg, None, retry_stuck=True, only=only)
+    if ns.dry_run:
+        from macvtap_hook.dryrun import dry_run
+
+        sys.stdout.write("".join(f"{line}\n" for line in dry_run(cfg, only, retry_stuck=not ns.no_retry_stuck)))
+        return EXIT_OK
+    report = run(cfg, None, retry_stuck=not ns.no_retry_stuck, only=only)
     attention = report.attention if report else []
     if report is not None:
-        log.info(
-            "reconciled: %d parked, %d re-attached, %d forgotten, %d stuck, %d failed",
+        acted = any((report.parked, report.attached, report.replugged, report.forgotten, report.stuck, report.failed))
+        # The timer runs this every few minutes: a run that did nothing is not news.
+        log.log(
+            logging.INFO if acted else logging.DEBUG,
+            "reconciled: %d parked, %d re-attached, %d taps put back on bridges, %d forgotten, %d stuck, %d failed",
             report.parked,
             report.attached,
+            report.replugged,
             report.forgotten,
             report.stuck,
             report.failed,
         )
     if attention:
         raise NeedsAttention(count=len(attention))
-    return EXIT_OK
+    return EXIT_ATTENTION if report is not None and report.unreadable else EXIT_OK
 
 
 def _drain(ns: Any, cfg: Config) -> int:
     from macvtap_hook.runner import run
 
-    run(cfg, None, drain_only=True)
-    return EXIT_OK
+    report = run(cfg, None, drain_only=True)
+    return EXIT_ATTENTION if report is not None and report.unreadable else EXIT_OK
 
 
 def _status(ns: Any, cfg: Config) -> int:
@@ -221,6 +296,15 @@ def _install(ns: Any, cfg: Config, uninstall: bool = False) -> int:
     return EXIT_OK
 
 
+def _verbosity_options(parser: Any, suffix: str) -> None:
+    parser.add_argument(
+        "-v", "--verbose", dest=f"verbose{suffix}", action="count", default=0, help="more detail (repeatable)"
+    )
+    parser.add_argument(
+        "-q", "--quiet", dest=f"quiet{suffix}", action="count", default=0, help="only warnings and errors"
+    )
+
+
 def _parser() -> Any:
     import argparse
 
@@ -232,21 +316,36 @@ def _parser() -> Any:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"macvtap-hook {__version__}")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more detail (repeatable)")
-    parser.add_argument("-q", "--quiet", action="count", default=0, help="only warnings and errors")
+    _verbosity_options(parser, "")
+    # The administrator's commands take them after the command too
+    # (`reconcile -v`); argparse would let a sub-command's default overwrite
+    # the main parser's count, hence their own names, added up in main().
+    after = argparse.ArgumentParser(add_help=False)
+    _verbosity_options(after, "_after")
+    parser.set_defaults(verbose_after=0, quiet_after=0)
     sub = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
 
-    p = sub.add_parser("reconcile", help="converge every NIC now (or only those on IFACE...)")
+    p = sub.add_parser("reconcile", parents=[after], help="converge every NIC now (or only those on IFACE...)")
     p.add_argument("ifaces", nargs="*", metavar="IFACE")
+    p.add_argument(
+        "--no-retry-stuck",
+        action="store_true",
+        help="do not ask guests again to release stuck NICs (what the systemd units run)",
+    )
+    p.add_argument(
+        "--dry-run", action="store_true", help="print what would be done and change nothing (no state written)"
+    )
     p.set_defaults(func=_reconcile)
 
-    p = sub.add_parser("status", help="list parked NICs")
+    p = sub.add_parser("status", parents=[after], help="list the protected NICs and their state")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--check", action="store_true", help="exit 1 if a NIC needs attention")
     p.set_defaults(func=_status)
 
     for name, flag in (("install", False), ("uninstall", True)):
-        p = sub.add_parser(name, help=f"{name} the udev rule, NetworkManager and libvirt hooks, systemd units")
+        p = sub.add_parser(
+            name, parents=[after], help=f"{name} the udev rule, NetworkManager and libvirt hooks, systemd units"
+        )
         p.add_argument("--runtime", action="store_true", help="use /run (until reboot) instead of /etc")
         p.add_argument("--root", metavar="DIR", help="install below DIR (for packaging); nothing is reloaded")
         p.add_argument("--dry-run", action="store_true", help="say what would be done, do nothing")
@@ -265,6 +364,7 @@ def _parser() -> Any:
 
     # Listed for --help only: main() handles it before argparse.
     sub.add_parser("libvirt-hook", help="(run by libvirt's qemu hook) forget a released domain's NICs")
+    sub.add_parser("libvirt-network-hook", help="(run by libvirt's network hook) put taps back on a started network")
     return parser
 
 

@@ -11,23 +11,30 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from macvtap_hook import defaults
 from macvtap_hook.errors import ConfigError
+from macvtap_hook.identity import StackedUplink, UplinkRule
 from macvtap_hook.safety import check_owned_by_root
 
-DEFAULT_CONFIG_PATH = Path("/etc/macvtap-hook/config.toml")
-CONFIG_ENV = "MACVTAP_HOOK_CONFIG"
+DEFAULT_CONFIG_PATH = Path(defaults.DEFAULT_CONFIG_PATH)
+CONFIG_ENV = defaults.CONFIG_ENV
 HANDOFFS = ("auto", "inline", "systemd")
 
 
 @dataclass(frozen=True)
 class Config:
     uris: tuple[str, ...] = ("qemu:///system",)
-    state_dir: Path = Path("/var/lib/macvtap-hook")
-    run_dir: Path = Path("/run/macvtap-hook")
+    state_dir: Path = Path(defaults.DEFAULT_STATE_DIR)
+    run_dir: Path = Path(defaults.DEFAULT_RUN_DIR)
     lock_timeout: float = 30.0
     detach_timeout: float = 10.0
     handoff: str = "auto"
     log_file: Path | None = None
+    metrics_file: Path | None = None  # for node_exporter's textfile collector; opt-in
+    uplink_rules: tuple[UplinkRule, ...] = ()  # [[uplink]] tables
+    stacked: tuple[StackedUplink, ...] = ()  # [[stacked]] tables
+    uplink_hooks_dir: Path = Path("/etc/macvtap-hook/uplink.d")
+    uplink_hook_timeout: float = 10.0
     source: Path | None = field(default=None, compare=False)
 
     @property
@@ -66,7 +73,7 @@ def load_config(path: Path | None = None) -> Config:
 
 
 def _from_mapping(data: dict[str, Any], path: Path) -> Config:
-    known = {f.name for f in fields(Config)} - {"source"}
+    known = ({f.name for f in fields(Config)} - {"source", "uplink_rules"}) | {"uplink"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(path=path, reason=f"unknown key(s): {', '.join(unknown)}")
@@ -76,12 +83,17 @@ def _from_mapping(data: dict[str, Any], path: Path) -> Config:
         if not isinstance(uris, list) or not uris or not all(isinstance(u, str) and u for u in uris):
             raise ConfigError(path=path, reason="uris must be a non-empty list of strings")
         values["uris"] = tuple(uris)
-    for key in ("state_dir", "run_dir"):
+    if "uplink" in data:
+        values["uplink_rules"] = _rules(data["uplink"], path)
+    if "stacked" in data:
+        values["stacked"] = _stacked(data["stacked"], path)
+    for key in ("state_dir", "run_dir", "uplink_hooks_dir"):
         if key in data:
             values[key] = _absolute(data[key], key, path)
-    if data.get("log_file"):
-        values["log_file"] = _absolute(data["log_file"], "log_file", path)
-    for key in ("lock_timeout", "detach_timeout"):
+    for key in ("log_file", "metrics_file"):
+        if data.get(key):
+            values[key] = _absolute(data[key], key, path)
+    for key in ("lock_timeout", "detach_timeout", "uplink_hook_timeout"):
         if key in data:
             value = data[key]
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 600:
@@ -92,6 +104,32 @@ def _from_mapping(data: dict[str, Any], path: Path) -> Config:
             raise ConfigError(path=path, reason=f"handoff must be one of {', '.join(HANDOFFS)}")
         values["handoff"] = data["handoff"]
     return Config(**values)
+
+
+def _rules(value: Any, path: Path) -> tuple[UplinkRule, ...]:
+    from macvtap_hook.identity import parse_rule
+
+    if not isinstance(value, list):
+        raise ConfigError(path=path, reason="uplink must be an array of tables ([[uplink]])")
+    try:
+        return tuple(parse_rule(item) for item in value)
+    except ValueError as exc:
+        raise ConfigError(path=path, reason=str(exc)) from None
+
+
+def _stacked(value: Any, path: Path) -> tuple[StackedUplink, ...]:
+    from macvtap_hook.identity import parse_stacked
+
+    if not isinstance(value, list):
+        raise ConfigError(path=path, reason="stacked must be an array of tables ([[stacked]])")
+    try:
+        found = tuple(parse_stacked(item) for item in value)
+    except ValueError as exc:
+        raise ConfigError(path=path, reason=str(exc)) from None
+    names = [s.name for s in found]
+    if len(set(names)) != len(names):
+        raise ConfigError(path=path, reason="[[stacked]]: a name is declared twice")
+    return found
 
 
 def _absolute(value: Any, key: str, path: Path) -> Path:

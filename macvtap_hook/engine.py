@@ -9,22 +9,47 @@ resolves: a live NIC always wins over a record of it.
 from __future__ import annotations
 
 import logging
+import os
 import time
-import uuid
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
-from macvtap_hook import nicxml
-from macvtap_hook.errors import DomainGone, HypervisorError, HypervisorUnavailable
+from macvtap_hook import messages, nicxml
+from macvtap_hook.bridgeports import Enslave
+from macvtap_hook.errors import DomainGone, HypervisorError, HypervisorUnavailable, LinkError, MacvtapHookError
 from macvtap_hook.hypervisor import Hypervisor
-from macvtap_hook.links import LinkSource
-from macvtap_hook.model import DomainRef, ParkedNic, nic_key
-from macvtap_hook.planner import Attach, Forget, Key, Park, Plan, Snapshot, plan
+from macvtap_hook.identity import StackedUplink, UplinkIdentity, UplinkRule, identity_from_udev
+from macvtap_hook.index import PARKED
+from macvtap_hook.model import DomainRef, Links, LiveNic, ParkedNic, nic_key
+from macvtap_hook.planner import (
+    Attach,
+    Forget,
+    Key,
+    Observed,
+    Park,
+    Plan,
+    Snapshot,
+    identities_wanted,
+    missing_uplinks,
+    plan,
+)
 from macvtap_hook.state import StateStore
+
+if TYPE_CHECKING:
+    from macvtap_hook.hints import Hint
+    from macvtap_hook.links import LinkMaker, LinkSource
+    from macvtap_hook.udevdb import IdentitySource
+    from macvtap_hook.uplink_hooks import UplinkHooks
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
+# Domains attached to at once: libvirtd serves 5 calls of one client at a
+# time by default (max_client_requests), so more would only queue there.
+PARALLEL_DOMAINS = 5
 MAX_ROUNDS = 4  # a repair is park then attach: two rounds; more only while links churn
 BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 # QEMU's answer to a second unplug request: the first one is still running.
@@ -38,13 +63,77 @@ class Report:
     forgotten: int = 0
     stuck: int = 0
     failed: int = 0
+    replugged: int = 0  # bridge taps put back on their bridge
     unreachable: list[str] = field(default_factory=list)
     attention: list[ParkedNic] = field(default_factory=list)
     settled: bool = True
+    unreadable: list[str] = field(default_factory=list)  # running domains whose live XML could not be read
+    # The uplinks that live NICs sit on or parked NICs wait for, when this
+    # run saw every running domain and settled (None otherwise).
+    uplinks: frozenset[str] | None = None
+
+    @property
+    def needs_attention(self) -> bool:
+        return bool(self.attention or self.unreadable)
+
+    final: Snapshot | None = None  # the truth the run ended with (status counts, metrics)
 
 
 def _nic(ref: DomainRef, mac: str) -> str:
     return f"NIC {mac} of domain {ref.name}"
+
+
+def watched_uplinks(snap: Snapshot, records: Iterable[ParkedNic]) -> frozenset[str]:
+    """Every interface whose loss, return or rename can matter: the uplinks
+    live NICs name, the lower devices of every macvtap on the host (libvirt
+    may still be attaching the NIC of a new one) and what parked NICs wait for."""
+    names = {nic.source_dev for dom in snap.domains for nic in dom.nics if nic.source_dev}
+    by_index = {link.ifindex: link.name for link in snap.links.by_name.values()}
+    for link in snap.links.by_name.values():
+        if link.kind == "macvtap" and link.parent is not None:
+            names.add(by_index.get(link.parent, ""))
+    for rec in records:
+        names.update(rec.candidates)
+        names.add(rec.uplink)
+        names.add(PARKED)
+    names.discard("")
+    return frozenset(names)
+
+
+def per_domain(
+    records: Sequence[ParkedNic], action: Callable[[ParkedNic], T], workers: int = PARALLEL_DOMAINS
+) -> dict[Key, T | MacvtapHookError]:
+    """Run `action` on every record: one domain's records one after the
+    other, different domains at once (libvirt locks per domain, and a guest's
+    hotplug mostly waits for QEMU); returns what each returned or raised."""
+    groups: dict[tuple[str, str], list[ParkedNic]] = {}
+    for rec in records:
+        groups.setdefault((rec.domain.uri, rec.domain.uuid), []).append(rec)
+    outcomes: dict[Key, T | MacvtapHookError] = {}
+
+    def run_group(group: list[ParkedNic]) -> None:
+        for rec in group:
+            try:
+                outcomes[rec.key] = action(rec)
+            except MacvtapHookError as exc:
+                outcomes[rec.key] = exc
+
+    if len(groups) < 2:
+        for group in groups.values():
+            run_group(group)
+        return outcomes
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=min(workers, len(groups))) as pool:
+        for future in [pool.submit(run_group, g) for g in groups.values()]:
+            future.result()  # a bug in action is raised here, not lost
+    return outcomes
+
+
+def _where(nic: LiveNic, network: str | None) -> str:
+    """Where a NIC is attached: its uplink, and the pool network it came from."""
+    uplink = nic.source_dev or "?"
+    return f"{uplink} (pool network {network})" if network else uplink
 
 
 def read_boot_id() -> str:
@@ -68,6 +157,12 @@ class Engine:
         wall: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
         boot_id: Callable[[], str] = read_boot_id,
+        identities: IdentitySource | None = None,
+        hints: Sequence[Hint] = (),
+        rules: tuple[UplinkRule, ...] = (),
+        hooks: UplinkHooks | None = None,
+        stacked: tuple[StackedUplink, ...] = (),
+        maker: LinkMaker | None = None,
     ) -> None:
         self.hypervisors = {hv.uri: hv for hv in hypervisors}
         self.links = links
@@ -78,10 +173,19 @@ class Engine:
         self.clock, self.wall, self.sleep = clock, wall, sleep
         self.boot_id = boot_id()
         self.records: dict[Key, ParkedNic] = {}
+        self.links_now = Links()  # the links of the latest snapshot
         self.report = Report()
         # Domains whose metadata cannot be written: nothing of theirs is
         # detached (the second record must exist first), nor resynced again.
         self.meta_failed: set[tuple[str, str]] = set()
+        self.identity_source = identities
+        self.hints = tuple(hints)
+        self.rules = rules
+        self.hooks = hooks
+        self.stacked = stacked
+        self.maker = maker
+        self.observed: dict[Key, Observed] = {}
+        self._identities: dict[tuple[str, int], UplinkIdentity | None] = {}
 
     # -- gathering the truth -------------------------------------------------
 
@@ -99,7 +203,7 @@ class Engine:
                 views = hv.running_domains()
             except HypervisorUnavailable as exc:
                 unreachable.append(uri)
-                log.error("%s", exc)
+                log.warning("%s", exc)
                 continue
             reachable.add(uri)
             domains.extend(views)
@@ -112,26 +216,121 @@ class Engine:
         # Links last: a macvtap libvirt creates while we read the domains is
         # then seen, instead of its NIC looking dead.
         links = self.links.snapshot()
-        return Snapshot(
-            links, tuple(domains), stored, pools, frozenset(reachable), configured=self.configured, boot_id=self.boot_id
+        self.links_now = links
+        snap = Snapshot(
+            links,
+            tuple(domains),
+            stored,
+            pools,
+            frozenset(reachable),
+            configured=self.configured,
+            boot_id=self.boot_id,
+            vanished=vanished_identities(self.hints, links),
+            observed=dict(self.observed),
+            rules=self.rules,
         )
+        return replace(snap, identities=self._read_identities(identities_wanted(snap), links))
+
+    def _read_identities(self, names: Iterable[str], links: Links) -> dict[str, UplinkIdentity]:
+        """The udev database's word on these links, each read once per run."""
+        found = {}
+        for name in names:
+            link = links.get(name)
+            if link is None or self.identity_source is None:
+                continue
+            if (name, link.ifindex) not in self._identities:
+                self._identities[(name, link.ifindex)] = self.identity_source.identity(link)
+            ident = self._identities[(name, link.ifindex)]
+            if ident is not None:
+                found[name] = ident
+        return found
 
     # -- the loop ------------------------------------------------------------
 
-    def converge(self, *, retry_stuck: bool = False, only: frozenset[str] | None = None) -> Report:
-        failed: set[Key] = set()
+    def converge(
+        self,
+        *,
+        retry_stuck: bool = False,
+        only: frozenset[str] | None = None,
+        retry_failed: bool = True,
+        failed: set[Key] | None = None,
+    ) -> Report:
+        """Converge; `failed` collects the NICs whose park or attach failed,
+        which are not tried again in this convergence, nor in a later one
+        given the same set (the rest of a run's drain)."""
+        failed = set() if failed is None else failed
         self.records = {rec.key: rec for rec in self.store.load()}
+        known = self.store.load_renamed()
+        self.observed = {k: Observed(ifindex, ident) for k, (ifindex, ident) in known.items()}
+        todo, snap = self._rounds(failed, retry_stuck, only, retry_failed)
+        if self._recreate_uplinks(todo, snap.links):
+            todo, snap = self._rounds(failed, False, only, retry_failed)
+        for rec, names in todo.ambiguous:
+            log.warning(
+                "%s waits for %s: %s all look like it, so none is used", _nic(rec.domain, rec.mac), rec.uplink,
+                ", ".join(names),
+            )  # fmt: skip
+        seen = {k: (o.ifindex, o.identity) for k, o in todo.observed.items()}
+        if seen != known:
+            self.store.save_renamed(seen)
+        for dom in snap.domains:
+            if dom.unreadable is not None:
+                self.report.unreadable.append(dom.ref.name)
+                log.warning(
+                    "cannot read the live XML of running domain %s (%s); its NICs are left as they are",
+                    dom.ref.name,
+                    dom.unreadable,
+                )
+        if self.report.unreadable or self.report.unreachable or not self.report.settled:
+            self.report.uplinks = None  # some live NIC may sit on an uplink nobody knows of
+        self.report.attention = [r for r in self.records.values() if r.needs_attention]
+        return self.report
+
+    def _rounds(
+        self, failed: set[Key], retry_stuck: bool, only: frozenset[str] | None, retry_failed: bool
+    ) -> tuple[Plan, Snapshot]:
         for _ in range(MAX_ROUNDS):
-            todo = plan(self.snapshot(), retry_stuck=retry_stuck, only=only).without(failed, self.meta_failed)
+            snap = self.snapshot()
+            todo = plan(snap, retry_stuck=retry_stuck, only=only, retry_failed=retry_failed)
+            todo = todo.without(failed, self.meta_failed)
+            self.observed = dict(todo.observed)
             if todo.empty:
+                self.report.final = snap
+                self.report.uplinks = watched_uplinks(snap, self.records.values())
                 break
-            failed |= self.execute(todo)
+            failed.update(self.execute(todo))
             retry_stuck = False
         else:
             self.report.settled = False
             log.warning("links kept changing for %d rounds; the next event or reconcile finishes the work", MAX_ROUNDS)
-        self.report.attention = [r for r in self.records.values() if r.needs_attention]
-        return self.report
+        return todo, snap
+
+    def _recreate_uplinks(self, todo: Plan, links: Links) -> bool:
+        """On each interface that appeared, create the missing uplinks that
+        config.toml declares on it, then let the administrator's hooks
+        re-create the others; True if anything was done (then look again)."""
+        missing = missing_uplinks(todo, links)
+        if not missing:
+            return False
+        appeared = sorted({h.iface for h in self.hints if h.action == "add" and h.iface and h.iface in links})
+        done = False
+        for iface in appeared:
+            link = links.get(iface)
+            if link is None or iface in missing or link.kind == "macvtap":
+                continue
+            for spec in self.stacked:
+                if spec.parent == iface and spec.name in missing and self.maker is not None:
+                    try:
+                        self.maker.create(spec, link.ifindex)
+                    except OSError as exc:
+                        log.warning("could not create %s %s on %s: %s", spec.kind, spec.name, iface, exc)
+                        continue
+                    log.info("created %s %s on %s: parked NICs wait for it", spec.kind, spec.name, iface)
+                    missing = tuple(m for m in missing if m != spec.name)
+                    done = True
+            if self.hooks is not None and missing:
+                done = self.hooks.run(iface, missing) > 0 or done
+        return done
 
     def execute(self, todo: Plan) -> set[Key]:
         """Carry out one plan; returns the NICs that failed in this round."""
@@ -149,6 +348,8 @@ class Engine:
             failed |= self._park(todo.park)
         if todo.attach:
             failed |= self._attach(todo.attach)
+        if todo.enslave:
+            failed |= self._enslave(todo.enslave)
         return failed
 
     def _forget(self, f: Forget, touched: dict[tuple[str, str], DomainRef]) -> None:
@@ -156,7 +357,13 @@ class Engine:
         self.records.pop(rec.key, None)
         touched[(rec.domain.uri, rec.domain.uuid)] = rec.domain
         self.report.forgotten += 1
-        log.info("forgot parked %s (uplink %s): %s", _nic(rec.domain, rec.mac), rec.uplink, f.reason)
+        log.info(
+            "forgot parked %s (uplink %s): %s",
+            _nic(rec.domain, rec.mac),
+            rec.uplink,
+            f.reason,
+            extra=messages.fields(messages.FORGOTTEN, rec.domain, rec.mac, rec.uplink),
+        )
 
     def _sync_metadata(self, domains: Iterable[DomainRef]) -> set[tuple[str, str]]:
         """Make each domain's metadata list exactly its records of this run;
@@ -198,13 +405,16 @@ class Engine:
             last_error=None,
             run=run,
             boot=self.boot_id,
+            identity=p.identity,
         )
 
     def _park(self, parks: Sequence[Park]) -> set[Key]:
         now = self.wall()
         runs: dict[tuple[str, str], str] = {}
         for p in parks:
-            runs.setdefault((p.domain.uri, p.domain.uuid), p.run or uuid.uuid4().hex)
+            runs.setdefault(
+                (p.domain.uri, p.domain.uuid), p.run or os.urandom(16).hex()
+            )  # not uuid: it imports platform
         for p in parks:
             self.records[nic_key(p.domain, p.nic.mac)] = self._record(p, runs[(p.domain.uri, p.domain.uuid)], now)
         # Record first, in both stores, and only then detach.
@@ -217,13 +427,36 @@ class Engine:
             key = nic_key(p.domain, p.nic.mac)
             uplink = p.nic.source_dev or p.nic.network
             if (p.domain.uri, p.domain.uuid) in no_meta:
-                log.error("not detaching %s: its record could not be written to the domain", _nic(p.domain, p.nic.mac))
+                log.error(
+                    "not detaching %s: its record could not be written to the domain",
+                    _nic(p.domain, p.nic.mac),
+                    extra=messages.fields(messages.FAILED, p.domain, p.nic.mac, uplink),
+                )
                 failed.add(key)
                 continue
-            if p.reattach:
-                log.info("repairing %s: its macvtap died although uplink %s is back", _nic(p.domain, p.nic.mac), uplink)
+            if p.reattach and p.nic.source_dev in p.up:
+                log.info(
+                    "repairing %s: its macvtap died although uplink %s is back",
+                    _nic(p.domain, p.nic.mac),
+                    uplink,
+                    extra=messages.fields(messages.REPAIRED, p.domain, p.nic.mac, uplink),
+                )
+            elif p.reattach:
+                log.info(
+                    "parking %s: uplink %s is gone; it goes straight back on pool network %s (%s up)",
+                    _nic(p.domain, p.nic.mac),
+                    uplink,
+                    p.nic.network,
+                    " and ".join(p.up),
+                    extra=messages.fields(messages.PARKED, p.domain, p.nic.mac, uplink),
+                )
             else:
-                log.info("parking %s: uplink %s is gone", _nic(p.domain, p.nic.mac), uplink)
+                log.info(
+                    "parking %s: uplink %s is gone",
+                    _nic(p.domain, p.nic.mac),
+                    uplink,
+                    extra=messages.fields(messages.PARKING, p.domain, p.nic.mac, uplink),
+                )
             try:
                 self.hypervisors[p.domain.uri].request_detach(p.domain, p.nic)
                 pending[key] = p
@@ -232,7 +465,12 @@ class Engine:
                 log.info("domain %s stopped while its NIC %s was being parked", p.domain.name, p.nic.mac)
             except HypervisorUnavailable as exc:
                 # Not the guest's fault: stays 'detaching' for the next run.
-                log.error("could not park %s: %s", _nic(p.domain, p.nic.mac), exc)
+                log.error(
+                    "could not park %s: %s",
+                    _nic(p.domain, p.nic.mac),
+                    exc,
+                    extra=messages.fields(messages.FAILED, p.domain, p.nic.mac, uplink),
+                )
                 failed.add(key)
             except HypervisorError as exc:
                 if _UNPLUG_PENDING in str(exc) or self._nic_gone(p):
@@ -256,7 +494,8 @@ class Engine:
                         log.info(
                             "parked %s: detached, waiting for %s",
                             _nic(p.domain, p.nic.mac),
-                            " or ".join(p.candidates) or "its uplink",
+                            self.records[key].waits_for or "its uplink",
+                            extra=messages.fields(messages.PARKED, p.domain, p.nic.mac, p.nic.source_dev),
                         )
             if not pending or self.clock() >= deadline:
                 break
@@ -267,6 +506,17 @@ class Engine:
         self.store.save(self.records.values())
         self._sync_metadata({p.domain for p in parks})
         return failed
+
+    def _attach_one(self, rec: ParkedNic, dev: str | None) -> LiveNic:
+        hv = self.hypervisors[rec.domain.uri]
+        # libvirt picks a pool network's least used member, whether it
+        # exists or not: the missing ones are named so that it cannot.
+        absent = tuple(c for c in rec.candidates if c not in self.links_now) if rec.network else ()
+        hv.attach(rec.domain, nicxml.attach_xml(rec, dev), avoid=absent)
+        nic = hv.live_nic(rec.domain, rec.mac)
+        if nic is None:
+            raise HypervisorError(operation="attach", reason="the NIC is not in the live XML afterwards")
+        return nic
 
     def _nic_gone(self, p: Park) -> bool | None:
         """Whether the NIC left the live XML; None when libvirt cannot tell."""
@@ -288,6 +538,7 @@ class Engine:
             _nic(p.domain, p.nic.mac),
             p.nic.source_dev or p.nic.network,
             reason,
+            extra=messages.fields(messages.STUCK, p.domain, p.nic.mac, p.nic.source_dev or p.nic.network),
         )
         try:
             self.hypervisors[p.domain.uri].update_device(p.domain, nicxml.with_link_down(p.nic))
@@ -302,34 +553,105 @@ class Engine:
             self.records[a.record.key] = a.record.evolve(attempts=a.record.attempts + 1)
         self.store.save(self.records.values())
         done: list[ParkedNic] = []
+        devs = {a.record.key: a.dev for a in attaches}
+        outcomes = per_domain([a.record for a in attaches], lambda rec: self._attach_one(rec, devs[rec.key]))
         for a in attaches:
             rec = a.record
-            hv = self.hypervisors[rec.domain.uri]
-            try:
-                hv.attach(rec.domain, nicxml.attach_xml(rec))
-                if hv.live_nic(rec.domain, rec.mac) is None:
-                    raise HypervisorError(operation="attach", reason="the NIC is not in the live XML afterwards")
-            except DomainGone:
+            outcome = outcomes[rec.key]
+            if isinstance(outcome, DomainGone):
                 self.records.pop(rec.key, None)
                 log.info("domain %s stopped before its NIC %s could be re-attached", rec.domain.name, rec.mac)
-                continue
-            except (HypervisorError, HypervisorUnavailable) as exc:
-                self.records[rec.key] = self.records[rec.key].evolve(last_error=str(exc))
+            elif isinstance(outcome, HypervisorError | HypervisorUnavailable):
+                self.records[rec.key] = self.records[rec.key].evolve(last_error=str(outcome))
                 self.report.failed += 1
                 failed.add(rec.key)
                 log.error(
                     "re-attach of %s on %s failed (attempt %d): %s",
                     _nic(rec.domain, rec.mac),
-                    rec.uplink,
+                    a.dev or " or ".join(rec.candidates) or rec.uplink,
                     self.records[rec.key].attempts,
-                    exc,
+                    outcome,
+                    extra=messages.fields(messages.FAILED, rec.domain, rec.mac, rec.uplink),
                 )
-                continue
-            done.append(rec)
-            self.records.pop(rec.key, None)
-            self.report.attached += 1
-            log.info("re-attached %s on %s", _nic(rec.domain, rec.mac), rec.network or rec.uplink)
+            elif isinstance(outcome, MacvtapHookError):
+                raise outcome
+            else:
+                done.append(rec)
+                self.records.pop(rec.key, None)
+                self.report.attached += 1
+                log.info(
+                    "re-attached %s on %s",
+                    _nic(rec.domain, rec.mac),
+                    _where(outcome, rec.network),
+                    extra=messages.fields(messages.REATTACHED, rec.domain, rec.mac, outcome.source_dev or rec.uplink),
+                )
+                if a.dev:
+                    _warn_renamed(rec, a)
         # Forgotten only now that the attach is confirmed.
         self.store.save(self.records.values())
         self._sync_metadata({r.domain for r in done})
         return failed
+
+    # -- bridge taps ---------------------------------------------------------
+
+    def _enslave(self, todo: Sequence[Enslave]) -> set[Key]:
+        """Put taps back on their bridges. Nothing is recorded: the live XML
+        says where each tap belongs, so a crash here is simply redone."""
+        failed: set[Key] = set()
+        for e in todo:
+            nic = _nic(e.domain, e.mac)
+            try:
+                if self.maker is None:
+                    raise LinkError(operation="setting master", link=e.tap, reason="no netlink adapter", gone=False)
+                self.maker.put_on_bridge(e.tap, e.tap_index, e.bridge, e.bridge_index, e.settings)
+            except LinkError as exc:
+                failed.add(nic_key(e.domain, e.mac))
+                if exc.fields.get("gone"):  # the domain stopped meanwhile
+                    log.info("tap %s of %s went away before it could be put on bridge %s", e.tap, nic, e.bridge)
+                else:
+                    self.report.failed += 1
+                    log.error("could not put tap %s of %s on bridge %s: %s", e.tap, nic, e.bridge, exc)
+                continue
+            self.report.replugged += 1
+            moved = f" (moved from {e.moved_from})" if e.moved_from else ""
+            log.info("put tap %s of %s back on bridge %s%s", e.tap, nic, e.bridge, moved)
+        return failed
+
+
+def _warn_renamed(rec: ParkedNic, a: Attach) -> None:
+    """The live XML now names another interface than the persistent one."""
+    ident = rec.identity
+    if ident is not None and ident.permanent_mac:
+        match = f"PermanentMACAddress={ident.permanent_mac}"
+    elif ident is not None and ident.path:
+        match = f"Path={ident.path}"
+    else:
+        match = "what your [[uplink]] rule matches"
+    log.warning(
+        "%s now uses %s instead of %s (%s); its persistent definition still names %s. To keep the name for good, "
+        "write /etc/systemd/network/10-%s.link with [Match] %s and [Link] Name=%s",
+        _nic(rec.domain, rec.mac), a.dev, rec.uplink, a.why, rec.uplink, rec.uplink, match, rec.uplink,
+    )  # fmt: skip
+
+
+def vanished_identities(hints: Sequence[Hint], links: Links) -> dict[str, UplinkIdentity]:
+    """The identities of removed devices, under every name they had in
+    the pending events (a rename then a removal: the old name too), for
+    names no link has now."""
+    names: dict[int, set[str]] = {}
+    idents: dict[int, UplinkIdentity] = {}
+    removed: list[int] = []
+    for hint in hints:
+        if hint.ifindex is None or hint.source != "udev":
+            continue
+        names.setdefault(hint.ifindex, set()).update(n for n in (hint.iface, hint.old_iface) if n)
+        ident = identity_from_udev(hint.udev or {})
+        if ident is not None:
+            idents[hint.ifindex] = ident
+        if hint.action == "remove":
+            removed.append(hint.ifindex)
+    found = {}
+    for ifindex in removed:
+        if ifindex in idents and not links.has_ifindex(ifindex):
+            found.update({name: idents[ifindex] for name in names[ifindex] if name not in links})
+    return found

@@ -6,7 +6,9 @@ administrators' scripts read them); the README lists them.
 
 from __future__ import annotations
 
-from typing import Any
+TYPE_CHECKING = False  # typing itself is not imported: this module is on every event's path
+if TYPE_CHECKING:
+    from typing import Any
 
 EXIT_OK = 0
 EXIT_ATTENTION = 1  # reconcile: a NIC is stuck or an attach keeps failing
@@ -78,6 +80,13 @@ class HypervisorError(MacvtapHookError):
     """A libvirt call on one device failed; the engine records it per NIC."""
 
     fmt = "{operation} failed: {reason}"
+    exit_code = EXIT_ATTENTION
+
+
+class LinkError(MacvtapHookError):
+    """Changing a link failed (netlink); `gone` when the link no longer exists."""
+
+    fmt = "{operation} on {link} failed: {reason}"
     exit_code = EXIT_ATTENTION
 
 

@@ -1,21 +1,32 @@
 """Turning udev and NetworkManager calls into hints, and the cheap exit.
 
-This module is on the path of every interface event on the host, so it
-imports only the standard library's lightest modules: an event for an
-interface nothing waits for must cost little more than starting Python.
+This module is on the path of every interface event on the host, so at
+load time it imports only `os` and modules as light: an event about an
+interface no live NIC sits on and no parked NIC waits for must cost little
+more than starting Python. It is decided by the uplink index (index.py);
+whenever that cannot be trusted (none yet, unreadable, a macvtap whose
+lower device is unknown) the event takes the full path.
 """
 
 from __future__ import annotations
 
-import json
 import os
-from collections.abc import Mapping
 
+from macvtap_hook import index
+from macvtap_hook.defaults import CONFIG_ENV, DEFAULT_CONFIG_PATH, DEFAULT_RUN_DIR
 from macvtap_hook.errors import BadEvent
-from macvtap_hook.hints import Hint
-from macvtap_hook.ifname import check_ifname
+from macvtap_hook.ifname import check_ifname, valid_ifname
+from macvtap_hook.links import SYSFS_NET, lower_device
+
+TYPE_CHECKING = False  # typing is not imported at run time (see above)
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from macvtap_hook.hints import Hint
+    from macvtap_hook.identity import StackedUplink, UplinkIdentity, UplinkRule
 
 UDEV_ACTIONS = ("add", "remove", "move")
+MACVTAP_PREFIX = "macvtap"  # the names libvirt gives the macvtaps it creates
 # NetworkManager dispatcher actions that can follow a device's (re)creation
 # or loss; the rest (hostname, dhcp4-change, connectivity-change, ...) carry
 # nothing for us.
@@ -24,8 +35,16 @@ NM_APPEAR = ("up",)
 NM_VANISH = ("down",)
 
 
+def _old_name(env: Mapping[str, str]) -> str | None:
+    # The kernel's rename carries only DEVPATH_OLD; udev sets INTERFACE_OLD
+    # only for renames it makes itself.
+    return env.get("INTERFACE_OLD") or env.get("DEVPATH_OLD", "").rpartition("/")[2] or None
+
+
 def hint_from_udev(env: Mapping[str, str]) -> Hint | None:
     """The hint in a udev RUN environment; None for events we do not act on."""
+    from macvtap_hook.hints import Hint
+
     action = env.get("ACTION")
     if not action:
         raise BadEvent(source="udev", reason="ACTION is not set (run by udev?)")
@@ -37,57 +56,261 @@ def hint_from_udev(env: Mapping[str, str]) -> Hint | None:
     if not iface:
         raise BadEvent(source="udev", reason="INTERFACE is not set")
     check_ifname(iface)
-    old = None
-    if action == "move":
-        # The kernel's rename carries only DEVPATH_OLD; udev sets
-        # INTERFACE_OLD only for renames it makes itself.
-        old = env.get("INTERFACE_OLD") or env.get("DEVPATH_OLD", "").rpartition("/")[2] or None
-        if old:
-            check_ifname(old)
-    return Hint(source="udev", action=action, iface=iface, old_iface=old)
+    old = _old_name(env) if action == "move" else None
+    if old:
+        check_ifname(old)
+    from macvtap_hook.identity import udev_identity_env
+
+    ifindex = env.get("IFINDEX", "")
+    return Hint(
+        source="udev",
+        action=action,
+        iface=iface,
+        old_iface=old,
+        ifindex=int(ifindex) if ifindex.isdigit() else None,
+        udev=udev_identity_env(env) or None,
+        # DEVTYPE is in the kernel's uevent: knowing a bridge costs nothing.
+        bridge=env.get("DEVTYPE") == "bridge",
+    )
+
+
+def _nm_action(action: str) -> str | None:
+    if action in NM_APPEAR:
+        return "add"
+    if action in NM_VANISH:
+        return "remove"
+    return None
 
 
 def hint_from_nm(iface: str, action: str) -> Hint | None:
+    from macvtap_hook.hints import Hint
+
     if not action:
         raise BadEvent(source="NetworkManager", reason="no action given")
-    if action in NM_APPEAR:
-        kind = "add"
-    elif action in NM_VANISH:
-        kind = "remove"
-    else:
+    kind = _nm_action(action)
+    if kind is None:
         return None
     if not iface:
         raise BadEvent(source="NetworkManager", reason=f"no interface given for action {action!r}")
     check_ifname(iface)
-    return Hint(source="nm-dispatcher", action=kind, iface=iface)
+    bridge = kind == "add" and _is_bridge(iface)
+    return Hint(source="nm-dispatcher", action=kind, iface=iface, bridge=bridge)
 
 
-def parked_uplinks(state_file: str) -> frozenset[str] | None:
-    """The uplinks some parked NIC waits for; None when that is unknown."""
+def needs_work(
+    action: str, iface: str | None, old: str | None, run_dir: str, ifindex: str | None = None, sysfs: str = SYSFS_NET
+) -> bool:
+    """False only when the index shows the event cannot matter.
+
+    A macvtap that appears is the start of a NIC (a guest started, a NIC
+    hot-plugged): it matters unless the index already names the device it
+    sits on, so that its loss is then not taken for an unrelated one. A
+    macvtap that is already gone again (or replaced) when its add is
+    handled went with its uplink, maybe before that uplink was indexed:
+    only a full run can tell. Gone again, it is known by libvirt's name
+    for macvtaps alone; veths of containers come and go by the hundred.
+    """
+    names = index.read_index(run_dir)
+    if names is None or not iface:
+        return True
+    if action == "add":
+        base = os.path.join(sysfs, iface)
+        try:
+            with open(os.path.join(base, "ifindex"), encoding="ascii") as fh:
+                now: str | None = fh.read().strip()
+        except OSError:
+            now = None
+        if now is None or (ifindex and now != ifindex):
+            return iface.startswith(MACVTAP_PREFIX) or iface in names
+        if os.path.isdir(os.path.join(base, "macvtap")):
+            lower = lower_device(iface, sysfs)
+            return lower is None or lower not in names
+        if index.PARKED in names:
+            return True  # a parked NIC's uplink may come back under another name: see awaited_under_another_name
+    return iface in names or (old is not None and old in names)
+
+
+def only_another_name_could_matter(action: str, iface: str | None, run_dir: str) -> bool:
+    """Whether an event needs_work() let through matters only if the
+    interface is a parked NIC's uplink under another name."""
+    names = index.read_index(run_dir)
+    return (
+        action == "add"
+        and names is not None
+        and index.PARKED in names
+        and iface is not None
+        and iface not in names
+        and not iface.startswith(MACVTAP_PREFIX)
+    )
+
+
+def configured_run_dir() -> str | None:
+    """The run folder, read without the full configuration loader; None
+    when only that loader can tell (it then also reports what is wrong)."""
+    path = os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return DEFAULT_RUN_DIR
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        raw = os.read(fd, 1 << 16)
+    finally:
+        os.close(fd)
+    if os.geteuid() == 0 and (st.st_uid != 0 or st.st_mode & 0o022):
+        return None  # unsafe: the full path refuses it, loudly
+    try:
+        text = raw.decode()
+    except UnicodeDecodeError:
+        return None
+    value = plain_run_dir(text)
+    if value is None:
+        import tomllib  # importing it costs twice what the rest of this path does
+
+        try:
+            value = tomllib.loads(text).get("run_dir", DEFAULT_RUN_DIR)
+        except tomllib.TOMLDecodeError:
+            return None
+    return value if isinstance(value, str) and value.startswith("/") else None
+
+
+def plain_run_dir(text: str) -> str | None:
+    """`run_dir` of a configuration file written as `key = value` lines
+    (what the README shows); None when the file holds anything else
+    (tables, multi-line values, escapes, a quoted key), which tomllib reads."""
+    found = None
+    for line in text.splitlines():
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        key, sep, rest = stripped.partition("=")
+        key, rest = key.strip(), rest.strip()
+        if not sep or stripped.startswith("[") or '"""' in rest or "'''" in rest:
+            return None
+        if key != "run_dir":
+            if key.strip("\"'") == "run_dir":
+                return None
+            continue
+        quote = rest[:1]
+        end = rest.find(quote, 1) if quote in ("'", '"') else -1
+        if end < 0 or found is not None:
+            return None
+        value, tail = rest[1:end], rest[end + 1 :].strip()
+        if (tail and not tail.startswith("#")) or (quote == '"' and "\\" in value):
+            return None
+        found = value
+    return DEFAULT_RUN_DIR if found is None else found
+
+
+def _cheap(action: str | None, iface: str | None, old: str | None, ifindex: str | None = None) -> bool:
+    if action not in UDEV_ACTIONS or not iface or not valid_ifname(iface) or (old and not valid_ifname(old)):
+        return False
+    run_dir = configured_run_dir()
+    return run_dir is not None and not needs_work(action, iface, old, run_dir, ifindex)
+
+
+def ignorable_udev_event(env: Mapping[str, str]) -> bool:
+    """True for a well-formed udev event the index shows cannot matter; the
+    rest (malformed ones included: they are reported there) go the full path."""
+    if env.get("SUBSYSTEM", "net") != "net":
+        return False
+    action = env.get("ACTION")
+    if action == "add" and env.get("DEVTYPE") == "bridge":
+        return False  # guests' taps may belong on it, whatever the index says
+    return _cheap(action, env.get("INTERFACE"), _old_name(env) if action == "move" else None, env.get("IFINDEX"))
+
+
+def ignorable_nm_event(iface: str, action: str) -> bool:
+    if not action:
+        return False
+    kind = _nm_action(action)
+    if kind == "add" and iface and valid_ifname(iface) and _is_bridge(iface):
+        return False
+    return kind is None or _cheap(kind, iface, None)
+
+
+def _is_bridge(iface: str) -> bool:
+    return os.path.isdir(os.path.join(SYSFS_NET, iface, "bridge"))
+
+
+def _parked(state_file: str, identity: type[UplinkIdentity]) -> tuple[frozenset[str], list[UplinkIdentity]] | None:
+    """The uplinks parked NICs wait for and their recorded identities;
+    None when that is unknown."""
+    import json
+
     try:
         with open(state_file, "rb") as fh:
             data = json.load(fh)
         found: set[str] = set()
+        identities = []
         for rec in data["parked"]:
             found.update(rec.get("candidates") or [rec["uplink"]])
-        return frozenset(found)
+            ident = identity.from_dict(rec.get("identity"))
+            if ident is not None and ident.strong:
+                identities.append(ident)
+        return frozenset(found), identities
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None  # missing or damaged: only a full run can tell
 
 
-def needs_work(hint: Hint, state_file: str, hints_dir: str) -> bool:
-    """False only when an interface appeared that nothing waits for.
-
-    A vanished or renamed interface always needs a look at libvirt (some
-    live NIC may sit on it). A hint left by an earlier run that could not
-    finish also makes any event worth a full run.
-    """
-    if hint.action != "add":
-        return True
-    uplinks = parked_uplinks(state_file)
-    if uplinks is None or hint.iface in uplinks:
-        return True
+def _has_entries(folder: str | None) -> bool:
     try:
-        return any(not name.startswith(".") for name in os.listdir(hints_dir))
+        return folder is not None and any(not name.startswith(".") for name in os.listdir(folder))
     except OSError:
         return False
+
+
+def awaited_under_another_name(
+    hint: Hint,
+    state_file: str,
+    hints_dir: str,
+    *,
+    rules: tuple[UplinkRule, ...] = (),
+    hooks_dir: str | None = None,
+    stacked: tuple[StackedUplink, ...] = (),
+) -> bool:
+    """For an interface that appeared under a name the index lacks while
+    something is parked: False only when it cannot be what a parked NIC
+    waits for (a bridge that appeared always needs a run: guests' taps may
+    belong on it). It needs a full run if it may be a parked NIC's uplink under
+    another name (its udev identity or an administrator's rule says so),
+    if config.toml declares an awaited uplink on it, or if uplink hooks
+    exist (they may create the awaited uplink on it).
+    A hint left by an earlier run that could not finish also makes any
+    event worth a full run.
+    """
+    if hint.action != "add" or hint.bridge:
+        return True
+    from macvtap_hook.identity import UplinkIdentity
+
+    parked = _parked(state_file, UplinkIdentity)
+    if parked is None:
+        return True
+    uplinks, identities = parked
+    return (
+        hint.iface in uplinks
+        or any(s.parent == hint.iface and s.name in uplinks for s in stacked)
+        or (bool(uplinks) and _may_be_awaited(hint, uplinks, identities, rules, hooks_dir))
+        or _has_entries(hints_dir)
+    )
+
+
+def _may_be_awaited(
+    hint: Hint,
+    uplinks: frozenset[str],
+    identities: list[UplinkIdentity],
+    rules: tuple[UplinkRule, ...],
+    hooks_dir: str | None,
+) -> bool:
+    """Whether an interface of a new name may be an awaited uplink, or a
+    hook may create one on it."""
+    from macvtap_hook.identity import identity_from_udev
+
+    seen = identity_from_udev(hint.udev or {})
+    return (
+        any(ident.same_hardware(seen) for ident in identities)
+        or any(r.name in uplinks and r.matches(hint.iface or "", seen, None, partial=True) for r in rules)
+        or _has_entries(hooks_dir)
+    )

@@ -24,6 +24,11 @@ class Hint:
     action: str
     iface: str | None
     old_iface: str | None = None
+    ifindex: int | None = None
+    # The identifying udev properties of the device (identity.IDENTITY_KEYS):
+    # a removed device's are known from its remove event alone.
+    udev: dict[str, str] | None = None
+    bridge: bool = False  # the interface that appeared is a Linux bridge
 
     def describe(self) -> str:
         if self.old_iface:

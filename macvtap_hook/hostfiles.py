@@ -11,10 +11,15 @@ import re
 
 PACKAGED_BIN = "/usr/bin/macvtap-hook"
 RULE_NAME = "90-macvtap-hook.rules"
-NM_LINK_NAME = "90-macvtap-hook"
+NM_SCRIPT_NAME = "90-macvtap-hook"
 LIBVIRT_HOOK_NAME = "macvtap-hook"
 WORKER_UNIT = "macvtap-hook@.service"
 RECONCILE_UNIT = "macvtap-hook-reconcile.service"
+RECONCILE_TIMER = "macvtap-hook-reconcile.timer"
+DROPIN_NAME = "macvtap-hook.conf"
+# The daemons whose start runs the catch-up (monolithic and modular libvirt).
+LIBVIRT_DAEMONS = ("libvirtd.service", "virtqemud.service")
+PACKAGED_PYTHON = "/usr/bin/python3"
 MARKER = "Installed by macvtap-hook"
 
 # udev splits RUN on white space and expands % and $; keep the path plain.
@@ -32,11 +37,11 @@ def udev_rule(binary: str) -> str:
 # are parked and re-attached. See 'macvtap-hook --help'.
 ACTION!="add|remove|move", GOTO="macvtap_hook_end"
 SUBSYSTEM!="net", GOTO="macvtap_hook_end"
-# The macvtaps libvirt creates and deletes are effects of our work, not causes:
-# known by libvirt's names, and on add by sysfs (a removed one has no sysfs).
-# libvirt's own taps (vnetN) never carry a macvtap either.
-KERNEL=="macvtap*|macvlan*|vnet*", GOTO="macvtap_hook_end"
-ACTION=="add", TEST=="macvtap", GOTO="macvtap_hook_end"
+# libvirt's own taps (vnetN) and macvlans never carry a macvtap NIC.
+KERNEL=="macvlan*|vnet*", GOTO="macvtap_hook_end"
+# A macvtap that goes is an effect (of a detach, or of its uplink's own event).
+# One that appears starts a NIC: its add tells which device that NIC sits on.
+ACTION!="add", KERNEL=="macvtap*", GOTO="macvtap_hook_end"
 RUN+="{binary} udev"
 LABEL="macvtap_hook_end"
 """
@@ -48,48 +53,101 @@ def worker_unit(binary: str) -> str:
 # udev hands off here so no libvirt call runs inside udevd's sandbox.
 [Unit]
 Description=macvtap-hook: converge macvtap NICs (event %i)
-Documentation=https://github.com/macvtap-hook/macvtap-hook#readme
+Documentation=man:macvtap-hook(8)
 After=libvirtd.service virtqemud.service
 
 [Service]
 Type=oneshot
 ExecStart={binary} drain
+# 4 (another run holds the lock) and 5 (libvirt unreachable) keep the event
+# for a later run: not a failure of this unit.
+SuccessExitStatus=4 5
 TimeoutStartSec=5min
 """
 
 
 def reconcile_unit(binary: str) -> str:
     return f"""\
-# {MARKER}: catch up on interface events missed while libvirt was down.
+# {MARKER}: catch up on whatever no event reported (libvirt was down, an
+# event was kept for later, a guest released its NIC late). Started by
+# libvirtd/virtqemud (drop-in {DROPIN_NAME}) and by {RECONCILE_TIMER}.
 [Unit]
-Description=macvtap-hook: re-attach macvtap NICs whose uplinks changed unseen
-Documentation=https://github.com/macvtap-hook/macvtap-hook#readme
+Description=macvtap-hook: converge macvtap NICs (catch-up)
+Documentation=man:macvtap-hook(8)
 After=libvirtd.service virtqemud.service network.target
 
 [Service]
 Type=oneshot
-ExecStart={binary} reconcile
+# Stuck guests are asked again only by an administrator's 'macvtap-hook reconcile'.
+ExecStart={binary} reconcile --no-retry-stuck
+# 4 and 5: the work is kept for the next run. 1 (a NIC needs attention)
+# is a real problem and shows as a failed unit.
+SuccessExitStatus=4 5
+"""
+
+
+def reconcile_timer() -> str:
+    return f"""\
+# {MARKER}: run the catch-up periodically, so work kept for later
+# is done without waiting for an unrelated event.
+[Unit]
+Description=macvtap-hook: periodic catch-up of macvtap NICs
+Documentation=man:macvtap-hook(8)
+
+[Timer]
+OnBootSec=2min
+OnUnitInactiveSec=2min
+AccuracySec=15s
 
 [Install]
-WantedBy=libvirtd.service virtqemud.service
+WantedBy=timers.target
 """
 
 
-def wrapper(binary: str, subcommand: str, what: str) -> str:
+def libvirtd_dropin() -> str:
     return f"""\
-#!/bin/sh
-# {MARKER}: the {what} entry point.
-exec {binary} {subcommand} "$@"
+# {MARKER}: converge macvtap NICs whenever libvirt's QEMU daemon starts
+# (events that came while it was down were kept).
+[Unit]
+Wants={RECONCILE_UNIT}
 """
 
 
-def libvirt_hook_wrapper(binary: str) -> str:
-    # libvirt kills the guest when a hook fails on 'reconnect' and refuses
-    # to start it on 'prepare': whatever happens (even a broken Python
-    # install), this exits 0 and prints nothing on stdout.
+def nm_dispatcher_script(binary: str) -> str:
     return f"""\
 #!/bin/sh
-# {MARKER}: the libvirt qemu hook entry point. It must never fail.
-{binary} libvirt-hook "$@" >/dev/null || :
+# {MARKER}: the NetworkManager dispatcher entry point (IFACE ACTION).
+[ -x {binary} ] || exit 0
+exec {binary} nm-dispatcher "$@"
+"""
+
+
+def libvirt_qemu_hook(python: str) -> str:
+    # A regular file, not a symlink: libvirtd's AppArmor profile (Debian,
+    # Ubuntu) lets it execute /etc/libvirt/hooks/** and /usr/bin/* only,
+    # after resolving symlinks. It runs the interpreter (-I: no current
+    # folder or PYTHON* variables on the import path), never a script
+    # elsewhere. libvirt kills the guest when a hook fails on 'reconnect'
+    # and refuses to start it on 'prepare', so it exits 0 whatever happens,
+    # also once the tool is removed and this file (a conffile) is left.
+    return f"""\
+#!/bin/sh
+# {MARKER}: the libvirt qemu hook. It never fails and prints nothing.
+[ -x {python} ] || exit 0
+{python} -I -m macvtap_hook libvirt-hook "$@" >/dev/null 2>&1 || :
+exit 0
+"""
+
+
+def libvirt_network_hook(python: str) -> str:
+    # As the qemu hook (a regular file running the interpreter: AppArmor).
+    # On 'started' it leaves a hint and starts a worker that puts guests'
+    # taps back on the network's new bridge; it never calls libvirt itself
+    # (libvirt is in the middle of starting the network) and never fails.
+    return f"""\
+#!/bin/sh
+# {MARKER}: the libvirt network hook. It never fails and prints nothing.
+[ -x {python} ] || exit 0
+{python} -I -m macvtap_hook libvirt-network-hook "$@" >/dev/null 2>&1 || :
 exit 0
 """

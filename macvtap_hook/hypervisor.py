@@ -7,7 +7,10 @@ Only the live configuration of a domain is ever changed
 from __future__ import annotations
 
 import contextlib
+import logging
+import threading
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from macvtap_hook import nicxml
@@ -16,6 +19,8 @@ from macvtap_hook.model import DomainRef, DomainView, LiveNic, ParkedNic
 
 if TYPE_CHECKING:
     import libvirt
+
+log = logging.getLogger(__name__)
 
 
 class Hypervisor(Protocol):
@@ -28,7 +33,9 @@ class Hypervisor(Protocol):
     def live_nic(self, dom: DomainRef, mac: str) -> LiveNic | None: ...
     def write_metadata(self, dom: DomainRef, records: Sequence[ParkedNic]) -> None: ...
     def request_detach(self, dom: DomainRef, nic: LiveNic) -> None: ...
-    def attach(self, dom: DomainRef, xml: str) -> None: ...
+    def attach(self, dom: DomainRef, xml: str, *, avoid: Sequence[str] = ()) -> None:
+        """Attach a NIC live; a type='network' one never on a pool member in `avoid`."""
+
     def update_device(self, dom: DomainRef, xml: str) -> None: ...
     def close(self) -> None: ...
 
@@ -47,6 +54,7 @@ class LibvirtHypervisor:
         self._lv = libvirt
         self.uri = uri
         libvirt.registerErrorHandler(_silence, None)
+        self._pool_lock = threading.Lock()  # placeholder ports of concurrent attaches must not mix
         try:
             self._conn: libvirt.virConnect = libvirt.open(uri)
         except libvirt.libvirtError as exc:
@@ -81,18 +89,30 @@ class LibvirtHypervisor:
         for dom in doms:
             try:
                 xml = dom.XMLDesc(0)
+                view = nicxml.parse_domain(xml, self.uri)
             except lv.libvirtError as exc:
                 if exc.get_error_code() == lv.VIR_ERR_NO_DOMAIN:
                     continue  # it stopped while we were listing
-                raise self._fail("reading a domain's XML", exc) from None
-            try:
-                view = nicxml.parse_domain(xml, self.uri)
-            except nicxml.XmlError:
-                continue  # shut off between listing and reading
+                failure = self._fail("reading a domain's XML", exc)
+                if isinstance(failure, HypervisorUnavailable):
+                    raise failure from None
+                views.append(self._unreadable(dom, str(failure)))
+                continue
+            except nicxml.XmlError as exc:
+                if not dom.isActive():
+                    continue  # shut off between listing and reading
+                views.append(self._unreadable(dom, str(exc)))
+                continue
             if view.ref.uuid not in running:
-                view = DomainView(view.ref, view.nics, view.parked, view.all_macs, running=False)
+                view = replace(view, running=False)
             views.append(view)
         return views
+
+    def _unreadable(self, dom: libvirt.virDomain, reason: str) -> DomainView:
+        """A running domain whose live XML cannot be used: its records must
+        not be taken for those of a stopped domain."""
+        ref = DomainRef(uri=self.uri, uuid=dom.UUIDString(), id=dom.ID(), name=dom.name())
+        return DomainView(ref, unreadable=reason)
 
     def pool_members(self, network: str) -> tuple[str, ...]:
         try:
@@ -154,11 +174,58 @@ class LibvirtHypervisor:
         except lv.libvirtError as exc:
             raise self._fail("detach", exc) from None
 
-    def attach(self, dom: DomainRef, xml: str) -> None:
+    def attach(self, dom: DomainRef, xml: str, *, avoid: Sequence[str] = ()) -> None:
+        lv = self._lv
+        network = nicxml.network_of(xml) if avoid else None
+        with self._pool_lock if network else contextlib.nullcontext():
+            held = self._hold_off(network, avoid) if network else []
+            try:
+                self._domain(dom).attachDeviceFlags(xml, lv.VIR_DOMAIN_AFFECT_LIVE)
+            except lv.libvirtError as exc:
+                raise self._fail("attach", exc) from None
+            finally:
+                for port in held:
+                    with contextlib.suppress(lv.libvirtError):  # left over: purged by the next _hold_off
+                        port.delete()
+
+    def _hold_off(self, network: str, avoid: Sequence[str]) -> list[Any]:
+        """Make libvirt's choice of a pool member skip those in `avoid`.
+
+        libvirt 9 gives a new NIC the pool member with the fewest connections
+        (the first free one in passthrough mode), whether that interface
+        exists or not, and offers no way to name the member while keeping
+        the NIC's network (a port given with portid= must not exist yet).
+        So each member to avoid is given placeholder ports, reclaimed as
+        libvirtd does at its start (no device is touched), until it has
+        more connections than any other; they are deleted right after the
+        attach, and any left by a crashed run are deleted first.
+        """
+        lv = self._lv
         try:
-            self._domain(dom).attachDeviceFlags(xml, self._lv.VIR_DOMAIN_AFFECT_LIVE)
-        except self._lv.libvirtError as exc:
-            raise self._fail("attach", exc) from None
+            net = self._conn.networkLookupByName(network)
+            for port in net.listAllPorts(0):
+                with contextlib.suppress(lv.libvirtError, nicxml.XmlError):
+                    if nicxml.is_placeholder_port(port.XMLDesc(0)):
+                        port.delete()
+            mode, counts = nicxml.pool_connections(net.XMLDesc(0))
+        except lv.libvirtError:
+            return []  # the attach itself reports what is wrong with the network
+        ceiling = max((n for dev, n in counts.items() if dev not in avoid), default=None)
+        if ceiling is None:
+            return []  # nothing else to choose: the attach fails and says why
+        held = []
+        for dev in avoid:
+            for _ in range(ceiling + 1 - counts.get(dev, ceiling + 1)):
+                try:
+                    held.append(
+                        net.portCreateXML(nicxml.placeholder_port_xml(dev, mode), lv.VIR_NETWORK_PORT_CREATE_RECLAIM)
+                    )
+                except lv.libvirtError as exc:
+                    log.warning(
+                        "could not keep libvirt off pool member %s of network %s: %s", dev, network, _reason(exc)
+                    )
+                    break
+        return held
 
     def update_device(self, dom: DomainRef, xml: str) -> None:
         try:

@@ -12,15 +12,27 @@ from macvtap_hook.errors import BadInterfaceName
 IFNAMSIZ = 16  # includes the terminating NUL, as in <linux/if.h>
 
 
-def check_ifname(name: str) -> str:
-    """Return `name` if the kernel's dev_valid_name() would accept it."""
+def name_problem(name: str) -> str | None:
+    """Why the kernel's dev_valid_name() would refuse `name`, or None."""
     if not name:
-        raise BadInterfaceName(name=name, reason="empty")
+        return "empty"
     if len(name.encode("utf-8", "surrogateescape")) >= IFNAMSIZ:
-        raise BadInterfaceName(name=name[:40], reason=f"longer than {IFNAMSIZ - 1} bytes")
+        return f"longer than {IFNAMSIZ - 1} bytes"
     if name in (".", ".."):
-        raise BadInterfaceName(name=name, reason="reserved name")
+        return "reserved name"
     for char in name:
         if char in "/:" or char.isspace() or not char.isprintable():
-            raise BadInterfaceName(name=name, reason=f"contains {char!r}")
+            return f"contains {char!r}"
+    return None
+
+
+def valid_ifname(name: str) -> bool:
+    return name_problem(name) is None
+
+
+def check_ifname(name: str) -> str:
+    """Return `name` if the kernel's dev_valid_name() would accept it."""
+    problem = name_problem(name)
+    if problem is not None:
+        raise BadInterfaceName(name=name[:40] if len(name) > 40 else name, reason=problem)
     return name

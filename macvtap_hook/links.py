@@ -1,21 +1,167 @@
-"""The netlink adapter: the only module that imports pyroute2."""
+"""The links adapter: what the kernel says about the host's interfaces.
+
+Reading goes through sysfs (a directory listing and a few small files per
+interface): it costs a fraction of importing pyroute2, and a run reads the
+links in every round. pyroute2 stays for whatever changes links.
+"""
 
 from __future__ import annotations
 
-from typing import Protocol
+import os
 
-from macvtap_hook.model import Link, Links
+TYPE_CHECKING = False  # lower_device() is on every event's path: no typing, no dataclasses there
+if TYPE_CHECKING:
+    from typing import Protocol
+
+    from macvtap_hook.identity import StackedUplink
+    from macvtap_hook.model import Link, Links, PortSettings
+
+    class LinkSource(Protocol):
+        def snapshot(self) -> Links: ...
+
+    class LinkMaker(Protocol):
+        """What changes links (netlink)."""
+
+        def create(self, spec: StackedUplink, parent: int) -> None:
+            """Create `spec` on the link of ifindex `parent` and set it up;
+            OSError (netlink's answer) when the kernel refuses."""
+
+        def put_on_bridge(
+            self, tap: str, tap_index: int, bridge: str, bridge_index: int, settings: PortSettings
+        ) -> None:
+            """Make the tap a port of the bridge as libvirt would; LinkError if not."""
 
 
-class LinkSource(Protocol):
-    def snapshot(self) -> Links: ...
+SYSFS_NET = "/sys/class/net"
+IFF_UP = 0x1
+BRIDGE_VLAN_INFO_PVID = 0x2
+BRIDGE_VLAN_INFO_UNTAGGED = 0x4
+# A subfolder that tells a link's kind; other kinds come from DEVTYPE.
+_KIND_DIRS = (("macvtap", "macvtap"), ("bridge", "bridge"), ("bonding", "bond"))
+
+
+class SysfsLinks:
+    """The links of the network namespace sysfs was mounted in (the host's)."""
+
+    def __init__(self, root: str = SYSFS_NET) -> None:
+        self.root = root
+
+    def snapshot(self) -> Links:
+        from macvtap_hook.model import Links
+
+        found = []
+        try:
+            names = os.listdir(self.root)
+        except OSError:
+            names = []
+        for name in names:
+            link = self.read(name)
+            if link is not None:
+                found.append(link)
+        return Links.of(*found)
+
+    def read(self, name: str) -> Link | None:
+        """One link; None if it vanished while being read."""
+        from macvtap_hook.model import Link
+
+        base = os.path.join(self.root, name)
+        try:
+            ifindex = int(_read(base, "ifindex"))
+            iflink = int(_read(base, "iflink"))
+            mac = _read(base, "address").lower() or None
+            mtu = int(_read(base, "mtu"))
+            flags = int(_read(base, "flags"), 16)
+            entries = os.listdir(base)
+        except (OSError, ValueError):
+            return None
+        kind = next((k for sub, k in _KIND_DIRS if sub in entries), None) or _devtype(base)
+        master = None
+        if "master" in entries:
+            try:
+                master = int(_read(base, "master/ifindex"))
+            except (OSError, ValueError):
+                master = None  # released meanwhile
+        return Link(
+            name=name,
+            ifindex=ifindex,
+            kind=kind,
+            parent=iflink if iflink != ifindex else None,
+            mac=mac,
+            master=master,
+            mtu=mtu,
+            up=bool(flags & IFF_UP),
+            perm_mac=perm_mac(name) if "device" in entries else None,  # only hardware has one
+        )
+
+
+def lower_device(name: str, root: str = SYSFS_NET) -> str | None:
+    """The one device a stacked link (a macvtap) sits on, by its sysfs
+    lower_* link; None when it has none, several, or is gone."""
+    try:
+        lowers = [e[len("lower_") :] for e in os.listdir(os.path.join(root, name)) if e.startswith("lower_")]
+    except OSError:
+        return None
+    return lowers[0] if len(lowers) == 1 else None
+
+
+def macvtap_lowers(root: str = SYSFS_NET) -> frozenset[str]:
+    """The devices the host's macvtaps sit on right now."""
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return frozenset()
+    lowers = {lower_device(n, root) for n in names if os.path.isdir(os.path.join(root, n, "macvtap"))}
+    return frozenset(n for n in lowers if n)
+
+
+SIOCETHTOOL = 0x8946
+ETHTOOL_GPERMADDR = 0x20
+MAX_ADDR_LEN = 32
+
+
+def perm_mac(name: str) -> str | None:
+    """The hardware's own MAC (what netlink's IFLA_PERM_ADDRESS carries),
+    which sysfs does not show: the ethtool ioctl; None if it has none."""
+    import array
+    import fcntl
+    import socket
+    import struct
+
+    buf = array.array("B", struct.pack("II", ETHTOOL_GPERMADDR, MAX_ADDR_LEN) + bytes(MAX_ADDR_LEN))
+    ifreq = struct.pack("16sP", name.encode()[:15], buf.buffer_info()[0])
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            fcntl.ioctl(sock.fileno(), SIOCETHTOOL, ifreq)
+    except OSError:
+        return None
+    size = struct.unpack_from("I", buf, 4)[0]
+    addr = bytes(buf[8 : 8 + min(size, MAX_ADDR_LEN)])
+    return ":".join(f"{b:02x}" for b in addr) if any(addr) else None
+
+
+def _read(base: str, attr: str) -> str:
+    with open(os.path.join(base, attr), encoding="ascii", errors="replace") as fh:
+        return fh.read().strip()
+
+
+def _devtype(base: str) -> str | None:
+    try:
+        for line in _read(base, "uevent").splitlines():
+            if line.startswith("DEVTYPE="):
+                return line[len("DEVTYPE=") :] or None
+    except OSError:
+        pass
+    return None
 
 
 class NetlinkLinks:
-    """One RTM_GETLINK dump of the host's (the caller's) network namespace."""
+    """One RTM_GETLINK dump through pyroute2 (the only importer of pyroute2)."""
 
     def snapshot(self) -> Links:
         from pyroute2 import IPRoute
+
+        from macvtap_hook.identity import normalize_mac
+        from macvtap_hook.model import Link, Links
 
         found = []
         with IPRoute() as ipr:
@@ -27,6 +173,9 @@ class NetlinkLinks:
                 kind = info.get_attr("IFLA_INFO_KIND") if info is not None else None
                 parent = msg.get_attr("IFLA_LINK")
                 mac = msg.get_attr("IFLA_ADDRESS")
+                master = msg.get_attr("IFLA_MASTER")
+                mtu = msg.get_attr("IFLA_MTU")
+                perm = msg.get_attr("IFLA_PERM_ADDRESS")  # only hardware has one
                 found.append(
                     Link(
                         name=name,
@@ -34,6 +183,98 @@ class NetlinkLinks:
                         kind=kind,
                         parent=int(parent) if parent else None,
                         mac=mac.lower() if isinstance(mac, str) else None,
+                        master=int(master) if master else None,
+                        mtu=int(mtu) if mtu else None,
+                        up=bool(int(msg["flags"]) & IFF_UP),
+                        perm_mac=normalize_mac(perm) if isinstance(perm, str) else None,
                     )
                 )
         return Links.of(*found)
+
+    def create(self, spec: StackedUplink, parent: int) -> None:
+        from pyroute2 import IPRoute
+        from pyroute2.netlink.exceptions import NetlinkError
+
+        try:
+            with IPRoute() as ipr:
+                if spec.kind == "vlan":
+                    ipr.link("add", ifname=spec.name, kind="vlan", link=parent, vlan_id=spec.vlan_id)
+                elif spec.kind == "macvlan":
+                    ipr.link("add", ifname=spec.name, kind="macvlan", link=parent, macvlan_mode=spec.mode)
+                else:
+                    ipr.link("add", ifname=spec.name, kind="bridge")
+                (index,) = ipr.link_lookup(ifname=spec.name)
+                if spec.kind == "bridge":
+                    ipr.link("set", index=parent, master=index)
+                ipr.link("set", index=index, state="up")
+        except NetlinkError as exc:
+            raise OSError(exc.code, f"{exc}") from None
+
+    def put_on_bridge(self, tap: str, tap_index: int, bridge: str, bridge_index: int, settings: PortSettings) -> None:
+        """MTU first (so the tap does not change the bridge's), then the
+        master, port isolation and VLANs, and the tap up last: libvirt's
+        order (virNetDevTapAttachBridge). VLANs only on a bridge that
+        filters VLANs (a kernel without it refuses them: the tap would then
+        lose its bridge for a setting that does nothing there)."""
+        import errno
+
+        from pyroute2 import IPRoute
+        from pyroute2.netlink.exceptions import NetlinkError
+
+        from macvtap_hook.errors import LinkError
+
+        step = "opening netlink"
+        joined = False
+        try:
+            with IPRoute() as ipr:
+                if settings.mtu:
+                    step = f"setting MTU {settings.mtu}"
+                    ipr.link("set", index=tap_index, mtu=settings.mtu)
+                step = f"setting master {bridge}"
+                ipr.link("set", index=tap_index, master=bridge_index)
+                joined = True
+                if settings.isolated:
+                    step = "isolating the port"
+                    ipr.brport("set", index=tap_index, isolated=1)
+                if settings.vlans and _bridge_flag(bridge, "vlan_filtering"):
+                    wanted = {vid for vid, _, _ in settings.vlans}
+                    for vid, pvid, untagged in settings.vlans:
+                        step = f"adding VLAN {vid}"
+                        flags = (BRIDGE_VLAN_INFO_PVID if pvid else 0) | (BRIDGE_VLAN_INFO_UNTAGGED if untagged else 0)
+                        ipr.vlan_filter("add", index=tap_index, vlan_info={"vid": vid, "flags": flags})
+                    default = _default_pvid(bridge)
+                    if default and default not in wanted:
+                        # A new port gets the bridge's default VLAN; the guest
+                        # belongs in its own VLANs only.
+                        step = f"removing default VLAN {default}"
+                        ipr.vlan_filter("del", index=tap_index, vlan_info={"vid": default})
+                if settings.up:
+                    step = "setting it up"
+                    ipr.link("set", index=tap_index, state="up")
+        except (NetlinkError, OSError) as exc:
+            if joined:
+                _leave(tap_index)  # as libvirt: no port without its isolation or VLANs
+            gone = isinstance(exc, NetlinkError) and exc.code == errno.ENODEV
+            raise LinkError(operation=step, link=tap, reason=str(exc), gone=gone) from None
+
+
+def _leave(tap_index: int) -> None:
+    from pyroute2 import IPRoute
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    try:
+        with IPRoute() as ipr:
+            ipr.link("set", index=tap_index, master=0)
+    except (NetlinkError, OSError):
+        pass  # it is retried from scratch by the next run either way
+
+
+def _bridge_flag(bridge: str, name: str) -> int | None:
+    try:
+        return int(_read(os.path.join(SYSFS_NET, bridge, "bridge"), name))
+    except (OSError, ValueError):
+        return None
+
+
+def _default_pvid(bridge: str) -> int | None:
+    return _bridge_flag(bridge, "default_pvid") or None

@@ -1,5 +1,7 @@
-"""Where log lines go: stderr on a terminal, else syslog (the journal reads
-/dev/log), else stderr, plus an optional file from the configuration."""
+"""Where log lines go: stderr on a terminal, else the journal (with the
+structured fields of macvtap_hook.messages, through python-systemd when it
+is installed) or syslog (/dev/log, which the journal also reads), else
+stderr; plus an optional file from the configuration."""
 
 from __future__ import annotations
 
@@ -8,8 +10,10 @@ import os
 import sys
 from pathlib import Path
 
-LOG_ENV = "MACVTAP_HOOK_LOG"  # "stderr" or "syslog": force a target
+LOG_ENV = "MACVTAP_HOOK_LOG"  # "stderr", "syslog" or "journal": force a target
 SYSLOG_SOCKET = "/dev/log"
+JOURNAL_SOCKET = "/run/systemd/journal/socket"
+IDENTIFIER = "macvtap-hook"
 
 
 def setup_logging(verbosity: int, log_file: Path | None = None) -> None:
@@ -22,10 +26,13 @@ def setup_logging(verbosity: int, log_file: Path | None = None) -> None:
     root.setLevel(level)
     target = os.environ.get(LOG_ENV)
     if target is None:
-        target = "stderr" if sys.stderr.isatty() or not os.path.exists(SYSLOG_SOCKET) else "syslog"
+        if sys.stderr.isatty() or not os.path.exists(SYSLOG_SOCKET):
+            target = "stderr"
+        else:
+            target = "journal" if os.path.exists(JOURNAL_SOCKET) else "syslog"
     handler: logging.Handler
-    if target == "syslog" and os.path.exists(SYSLOG_SOCKET):
-        handler = _DeferredSyslog()
+    if target == "journal" or (target == "syslog" and os.path.exists(SYSLOG_SOCKET)):
+        handler = _DeferredSystemLog(journal=target == "journal")
     else:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("macvtap-hook: %(message)s"))
@@ -40,22 +47,43 @@ def setup_logging(verbosity: int, log_file: Path | None = None) -> None:
             root.addHandler(fh)
 
 
-class _DeferredSyslog(logging.Handler):
-    """Opens the syslog socket at the first line logged: most udev events
-    log nothing, and logging.handlers with its socket costs as much as the
-    rest of the cheap path."""
+class _DeferredSystemLog(logging.Handler):
+    """Picks and opens the system log at the first line logged: most udev
+    events log nothing, and importing systemd.journal or logging.handlers
+    with its socket costs as much as the rest of the cheap path.
 
-    def __init__(self) -> None:
+    The journal (python-systemd's JournalHandler, which sends each
+    record's upper-case attributes as fields) when journald runs and the
+    module is installed; plain syslog otherwise.
+    """
+
+    def __init__(self, journal: bool) -> None:
         super().__init__()
+        self._journal = journal
         self._real: logging.Handler | None = None
 
-    def emit(self, record: logging.LogRecord) -> None:
-        if self._real is None:
-            from logging.handlers import SysLogHandler
+    def _open(self) -> logging.Handler:
+        if self._journal:
+            try:
+                from systemd.journal import JournalHandler  # python3-systemd: optional
+            except ImportError:
+                pass
+            else:
+                handler: logging.Handler = JournalHandler(SYSLOG_IDENTIFIER=IDENTIFIER)
+                return handler
+        from logging.handlers import SysLogHandler
 
-            self._real = SysLogHandler(address=SYSLOG_SOCKET)
-            self._real.setFormatter(logging.Formatter(f"macvtap-hook[{os.getpid()}]: %(message)s"))
-        self._real.handle(record)
+        handler = SysLogHandler(address=SYSLOG_SOCKET)
+        handler.setFormatter(logging.Formatter(f"{IDENTIFIER}[{os.getpid()}]: %(message)s"))
+        return handler
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            if self._real is None:
+                self._real = self._open()
+            self._real.handle(record)
+        except Exception:  # no socket (journald restarting): never a traceback to udev
+            self.handleError(record)
 
     def close(self) -> None:
         if self._real is not None:

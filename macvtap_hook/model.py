@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
+from macvtap_hook.identity import UplinkIdentity
+
 ParkState = Literal["detaching", "parked", "stuck"]
 PARK_STATES: tuple[ParkState, ...] = ("detaching", "parked", "stuck")
 
@@ -19,9 +21,13 @@ class Link:
 
     name: str
     ifindex: int
-    kind: str | None = None  # IFLA_INFO_KIND: "macvtap", "veth", "bridge", ...
-    parent: int | None = None  # IFLA_LINK: the lower device of a macvtap
+    kind: str | None = None  # "macvtap", "bridge", "vlan", ... (None: a plain device such as a veth)
+    parent: int | None = None  # the lower device of a macvtap (IFLA_LINK, sysfs iflink)
     mac: str | None = None
+    master: int | None = None  # ifindex of the bridge or bond it is enslaved to
+    mtu: int | None = None
+    up: bool | None = None  # administratively up (IFF_UP)
+    perm_mac: str | None = None  # IFLA_PERM_ADDRESS: the hardware's own, never changed by passthrough
 
 
 @dataclass(frozen=True)
@@ -43,6 +49,11 @@ class Links:
     def has_ifindex(self, ifindex: int) -> bool:
         return any(link.ifindex == ifindex for link in self.by_name.values())
 
+    def by_index(self, ifindex: int | None) -> Link | None:
+        if ifindex is None:
+            return None
+        return next((link for link in self.by_name.values() if link.ifindex == ifindex), None)
+
 
 @dataclass(frozen=True)
 class LiveNic:
@@ -55,6 +66,39 @@ class LiveNic:
     alias: str | None
     xml: str  # the live <interface> element, verbatim
     network: str | None = None  # set when the NIC came from a macvtap pool network
+
+
+@dataclass(frozen=True)
+class VlanTag:
+    id: int
+    native: str | None = None  # nativeMode: 'tagged' or 'untagged' (the port's PVID)
+
+
+@dataclass(frozen=True)
+class BridgeNic:
+    """A NIC on a Linux bridge (`type='bridge'`, or `type='network'` on a
+    bridge-based network) in a running domain's live XML: a tap libvirt
+    created and put on the bridge, which survives the bridge's deletion."""
+
+    mac: str
+    bridge: str | None  # <source bridge=...>: the bridge the tap belongs on
+    tap: str | None  # <target dev=...>; None while libvirt is still setting it up
+    network: str | None = None
+    mtu: int | None = None  # <mtu size=...>; else the tap takes the bridge's MTU
+    isolated: bool = False  # <port isolated='yes'/>
+    vlan: tuple[VlanTag, ...] = ()
+    trunk: bool = False
+    virtualport: str | None = None  # openvswitch, midonet, ...: not ours to touch
+
+
+@dataclass(frozen=True)
+class PortSettings:
+    """What libvirt sets on a tap it puts on a Linux bridge."""
+
+    mtu: int | None  # set before the tap joins (as libvirt does), None: leave it
+    up: bool
+    isolated: bool
+    vlans: tuple[tuple[int, bool, bool], ...] = ()  # (vid, pvid, untagged)
 
 
 @dataclass(frozen=True)
@@ -84,10 +128,19 @@ class ParkedNic:
     last_error: str | None = None
     run: str = ""  # the token of the domain run it was parked in (see planner.same_run)
     boot: str = ""  # the host's boot_id then
+    identity: UplinkIdentity | None = None  # of the uplink's hardware, when it had one
 
     @property
     def key(self) -> tuple[str, str, str]:
         return (self.domain.uri, self.domain.uuid, self.mac)
+
+    @property
+    def waits_for(self) -> str:
+        """The names (and hardware) whose return re-attaches it, for people."""
+        names = " or ".join(self.candidates)
+        if self.identity is not None and self.identity.strong and self.network is None:
+            return f"{names} (or the same hardware under any name: {self.identity.describe()})"
+        return names
 
     @property
     def needs_attention(self) -> bool:
@@ -107,6 +160,10 @@ class DomainView:
     all_macs: frozenset[str] = frozenset()  # every NIC's MAC, whatever its type
     running: bool = True  # False when paused: a paused guest cannot answer an unplug
     run: str | None = None  # token in our live metadata: tells this run from a later one
+    bridge_nics: tuple[BridgeNic, ...] = ()
+    # Why its live XML could not be read or parsed, if so: it runs, but what
+    # it holds is unknown, so its records are neither acted on nor forgotten.
+    unreadable: str | None = None
 
 
 def nic_key(ref: DomainRef, mac: str) -> tuple[str, str, str]:

@@ -11,9 +11,21 @@ from __future__ import annotations
 from collections.abc import Mapping, Set
 from dataclasses import dataclass, field
 
-from macvtap_hook.model import DomainRef, DomainView, Links, LiveNic, ParkedNic, nic_key
+from macvtap_hook.bridgeports import Enslave, plan_ports
+from macvtap_hook.identity import UplinkIdentity, UplinkRule
+from macvtap_hook.model import DomainRef, DomainView, Link, Links, LiveNic, ParkedNic, nic_key
 
 Key = tuple[str, str, str]
+
+
+@dataclass(frozen=True)
+class Observed:
+    """The identity of the renamed uplink a live NIC sits on (its live XML
+    still names the old name), kept until the NIC is parked: if that uplink
+    is removed, this is what its record must wait for."""
+
+    ifindex: int
+    identity: UplinkIdentity | None
 
 
 @dataclass(frozen=True)
@@ -28,6 +40,14 @@ class Snapshot:
     # Records of a URI no longer configured are forgotten.
     configured: frozenset[str] | None = None
     boot_id: str = ""
+    # Identities of existing links (by name) that the engine read because
+    # identities_wanted() asked for them.
+    identities: Mapping[str, UplinkIdentity] = field(default_factory=dict)
+    # Identities of removed devices, by every name they had (their remove
+    # and rename events' udev properties); only names no link has now.
+    vanished: Mapping[str, UplinkIdentity] = field(default_factory=dict)
+    observed: Mapping[Key, Observed] = field(default_factory=dict)
+    rules: tuple[UplinkRule, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -35,14 +55,18 @@ class Park:
     domain: DomainRef
     nic: LiveNic
     candidates: tuple[str, ...]
-    reattach: bool  # the uplink is already back: a dead NIC to repair
+    reattach: bool  # a candidate exists: it goes straight back once detached
     previous: ParkedNic | None = None
     run: str | None = None  # the domain run's token, if it has one yet
+    up: tuple[str, ...] = ()  # the candidates that exist (another pool member than its own, maybe)
+    identity: UplinkIdentity | None = None  # of the uplink it sat on, if known
 
 
 @dataclass(frozen=True)
 class Attach:
     record: ParkedNic
+    dev: str | None = None  # another interface, found to be the same uplink
+    why: str = ""  # how dev was recognised
 
 
 @dataclass(frozen=True)
@@ -58,10 +82,13 @@ class Plan:
     park: tuple[Park, ...] = ()
     attach: tuple[Attach, ...] = ()
     waiting: tuple[ParkedNic, ...] = ()  # parked or stuck, nothing to do now
+    observed: Mapping[Key, Observed] = field(default_factory=dict)  # what the state keeps of renamed uplinks
+    ambiguous: tuple[tuple[ParkedNic, tuple[str, ...]], ...] = ()  # several interfaces look like its uplink
+    enslave: tuple[Enslave, ...] = ()  # bridge taps to put back on their bridge
 
     @property
     def empty(self) -> bool:
-        return not (self.forget or self.resync or self.park or self.attach)
+        return not (self.forget or self.resync or self.park or self.attach or self.enslave)
 
     def without(self, failed: Set[Key], no_metadata: Set[tuple[str, str]]) -> Plan:
         """This plan less what already failed in this run (tried again on the
@@ -73,6 +100,9 @@ class Plan:
             park=tuple(p for p in self.park if nic_key(p.domain, p.nic.mac) not in failed),
             attach=tuple(a for a in self.attach if a.record.key not in failed),
             waiting=self.waiting,
+            observed=self.observed,
+            ambiguous=self.ambiguous,
+            enslave=tuple(e for e in self.enslave if nic_key(e.domain, e.mac) not in failed),
         )
 
 
@@ -142,14 +172,17 @@ def _merge_records(snap: Snapshot) -> tuple[dict[Key, ParkedNic], list[ParkedNic
     domains = {(d.ref.uri, d.ref.uuid): d for d in snap.domains}
     for key, rec in merged.items():
         owner = domains.get((rec.domain.uri, rec.domain.uuid))
-        if key not in in_meta and owner is not None and same_run(rec, owner, snap.boot_id):
+        if key not in in_meta and owner is not None and owner.unreadable is None and same_run(rec, owner, snap.boot_id):
             resync.append(rec)
     return merged, resync
 
 
-def plan(snap: Snapshot, *, retry_stuck: bool = False, only: frozenset[str] | None = None) -> Plan:
+def plan(
+    snap: Snapshot, *, retry_stuck: bool = False, only: frozenset[str] | None = None, retry_failed: bool = True
+) -> Plan:
     """What to do now. `only` limits parking and re-attaching to NICs on
-    those uplinks (reconcile IFACE...); forgetting is always done."""
+    those uplinks (reconcile IFACE...); forgetting is always done. Without
+    `retry_failed`, a NIC whose re-attach failed waits for another cause."""
     records, resync = _merge_records(snap)
 
     def in_scope(*uplinks: str | None) -> bool:
@@ -159,6 +192,8 @@ def plan(snap: Snapshot, *, retry_stuck: bool = False, only: frozenset[str] | No
     park: list[Park] = []
     attach: list[Attach] = []
     waiting: list[ParkedNic] = []
+    observed: dict[Key, Observed] = {}
+    ambiguous: list[tuple[ParkedNic, tuple[str, ...]]] = []
     seen: set[Key] = set()
 
     for dom in snap.domains:
@@ -169,6 +204,12 @@ def plan(snap: Snapshot, *, retry_stuck: bool = False, only: frozenset[str] | No
             if nic_is_alive(nic, snap.links):
                 if rec is not None:
                     forget.append(Forget(rec, "the NIC is attached and its macvtap is alive"))
+                lower = _renamed_lower(nic, snap.links)
+                if lower is not None:
+                    obs = snap.observed.get(key)
+                    if obs is None or obs.ifindex != lower.ifindex:
+                        obs = Observed(lower.ifindex, snap.identities.get(lower.name))
+                    observed[key] = obs
                 continue
             if nic.target is None or nic.source_dev is None or not dom.running:
                 continue  # libvirt is still setting it up, or the guest cannot answer an unplug
@@ -178,8 +219,9 @@ def plan(snap: Snapshot, *, retry_stuck: bool = False, only: frozenset[str] | No
             cands = wakers(dom.ref.uri, nic.source_dev, nic.network, (), snap)
             if not in_scope(nic.source_dev, *cands):
                 continue
-            back = any(c in snap.links for c in cands)
-            park.append(Park(dom.ref, nic, cands, reattach=back, previous=rec, run=dom.run))
+            up = tuple(c for c in cands if c in snap.links)
+            ident = _park_identity(key, nic, rec, snap)
+            park.append(Park(dom.ref, nic, cands, reattach=bool(up), previous=rec, run=dom.run, identity=ident, up=up))
 
     domains = {(d.ref.uri, d.ref.uuid): d for d in snap.domains}
     for key, found in list(records.items()):
@@ -190,8 +232,9 @@ def plan(snap: Snapshot, *, retry_stuck: bool = False, only: frozenset[str] | No
         if snap.configured is not None and uri not in snap.configured:
             forget.append(Forget(rec, f"libvirt URI {uri} is no longer configured"))
             continue
-        if uri not in snap.reachable:
-            waiting.append(rec)
+        owner = domains.get((uri, rec.domain.uuid))
+        if uri not in snap.reachable or (owner is not None and owner.unreadable is not None):
+            waiting.append(rec)  # what libvirt holds is unknown: neither acted on nor forgotten
             continue
         cands = wakers(uri, rec.uplink, rec.network, rec.candidates, snap)
         if rec.state != "parked" or cands != rec.candidates:
@@ -201,26 +244,131 @@ def plan(snap: Snapshot, *, retry_stuck: bool = False, only: frozenset[str] | No
             rec = rec.evolve(state="parked", last_error=None, candidates=cands)
             records[key] = rec
             resync.append(rec)
-        owner = domains.get((uri, rec.domain.uuid))
         if owner is None:
             forget.append(Forget(rec, "the domain is no longer running"))
         elif not same_run(rec, owner, snap.boot_id):
             forget.append(Forget(rec, "the domain was restarted (or the host rebooted) since the NIC was parked"))
         elif rec.mac in owner.all_macs:
             forget.append(Forget(rec, "the domain already has a NIC with this MAC"))
-        elif not in_scope(rec.uplink, *cands):
+        elif not in_scope(rec.uplink, *cands) or (rec.last_error is not None and not retry_failed):
             waiting.append(rec)
         elif any(c in snap.links for c in cands):
             attach.append(Attach(rec))
         else:
-            waiting.append(rec)
+            if rec.identity is None and rec.network is None and rec.uplink in snap.vanished:
+                # Parked before the uplink's own remove event told what it was.
+                rec = rec.evolve(identity=snap.vanished[rec.uplink])
+                records[key] = rec
+                resync.append(rec)
+            alike = same_uplink(rec, snap)
+            if len(alike) == 1:
+                attach.append(Attach(rec, dev=alike[0][0], why=alike[0][1]))
+            else:
+                if alike:
+                    ambiguous.append((rec, tuple(name for name, _ in alike)))
+                waiting.append(rec)
 
     forgotten = {f.record.key for f in forget}
     parked = {nic_key(p.domain, p.nic.mac) for p in park}
+    # What was seen of a URI that could not be read now is kept as it is.
+    observed.update({k: o for k, o in snap.observed.items() if k[0] not in snap.reachable})
     return Plan(
         forget=tuple(forget),
         resync=tuple(r for r in resync if r.key not in forgotten | parked),
         park=tuple(park),
         attach=tuple(attach),
         waiting=tuple(waiting),
+        observed=observed,
+        ambiguous=tuple(ambiguous),
+        enslave=plan_ports(snap.domains, snap.links, only),
     )
+
+
+def _renamed_lower(nic: LiveNic, links: Links) -> Link | None:
+    """The lower device of a live direct NIC if it is no longer called what
+    the live XML names (the kernel keeps a macvtap across a rename). While
+    the named device exists it is no rename: a macvtap on a macvlan sits,
+    for the kernel, on the macvlan's own lower device."""
+    tap = links.get(nic.target)
+    if tap is None or tap.parent is None or nic.network or not nic.source_dev or nic.source_dev in links:
+        return None
+    lower = next((link for link in links.by_name.values() if link.ifindex == tap.parent), None)
+    return lower if lower is not None and lower.name != nic.source_dev else None
+
+
+def _park_identity(key: Key, nic: LiveNic, rec: ParkedNic | None, snap: Snapshot) -> UplinkIdentity | None:
+    """What the uplink a NIC is parked from was: the renamed device it sat on
+    if it was renamed, else what the removed (or present) device of its
+    name was, else what an earlier record of it knew."""
+    obs = snap.observed.get(key)
+    if obs is not None and obs.identity is not None:
+        return obs.identity
+    dev = nic.source_dev or ""
+    found = snap.vanished.get(dev) or snap.identities.get(dev)
+    if found is not None:
+        return found
+    return rec.identity if rec is not None else None
+
+
+def _waits_without_uplink(rec: ParkedNic, snap: Snapshot) -> bool:
+    """A direct NIC's record none of whose names exists."""
+    return rec.network is None and not any(c in snap.links for c in rec.candidates)
+
+
+def identities_wanted(snap: Snapshot) -> frozenset[str]:
+    """The links whose identity a plan of this snapshot needs: every link
+    while some record waits for an uplink that may come back under another
+    name, the renamed lower device of a live NIC (once), the present uplink
+    of a NIC to repair. Reading them costs the udev database; mostly none."""
+    records, _ = _merge_records(snap)
+    wanted: set[str] = set()
+    for rec in records.values():
+        if _waits_without_uplink(rec, snap) and (
+            (rec.identity is not None and rec.identity.strong)
+            or rec.uplink in snap.vanished
+            or any(r.name in rec.candidates for r in snap.rules)
+        ):
+            wanted.update(name for name, link in snap.links.by_name.items() if link.kind != "macvtap")
+            break
+    for dom in snap.domains:
+        for nic in dom.nics:
+            if nic_is_alive(nic, snap.links):
+                lower = _renamed_lower(nic, snap.links)
+                obs = snap.observed.get(nic_key(dom.ref, nic.mac))
+                if lower is not None and (obs is None or obs.ifindex != lower.ifindex):
+                    wanted.add(lower.name)
+            elif nic.source_dev in snap.links:
+                wanted.add(nic.source_dev or "")
+    return frozenset(wanted)
+
+
+def same_uplink(rec: ParkedNic, snap: Snapshot) -> list[tuple[str, str]]:
+    """The present interfaces that are this record's uplink under another
+    name, with how each was recognised: the same hardware (permanent MAC or
+    udev's ID_PATH) first, else an administrator's [[uplink]] rule. An
+    interface with no identity matches no hardware; a macvtap never counts."""
+    if rec.network is not None:
+        return []
+    rules = [r for r in snap.rules if r.name in rec.candidates]
+    by_rank: dict[int, list[tuple[str, str]]] = {}
+    for name in sorted(snap.links.by_name):
+        link = snap.links.by_name[name]
+        if link.kind == "macvtap":
+            continue
+        ident = snap.identities.get(name)
+        mine = rec.identity
+        if mine is not None and ident is not None and mine.same_hardware(ident):
+            if mine.permanent_mac and mine.permanent_mac == ident.permanent_mac:
+                why = f"the same permanent MAC {mine.permanent_mac}"
+            else:
+                why = f"the same udev ID_PATH {mine.path}"
+            by_rank.setdefault(0, []).append((name, why))
+        elif any(r.matches(name, ident, link.mac) for r in rules):
+            by_rank.setdefault(1, []).append((name, f"an [[uplink]] rule for {rec.uplink} in config.toml"))
+    return by_rank[min(by_rank)] if by_rank else []
+
+
+def missing_uplinks(todo: Plan, links: Links) -> tuple[str, ...]:
+    """The uplinks parked NICs wait for that do not exist (for uplink hooks)."""
+    names = {c for rec in todo.waiting if rec.state == "parked" for c in rec.candidates if c not in links}
+    return tuple(sorted(names))

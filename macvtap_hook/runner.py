@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 
-from macvtap_hook import lock
+from macvtap_hook import index, lock
 from macvtap_hook.config import Config
 from macvtap_hook.engine import Engine, Report
 from macvtap_hook.errors import HypervisorUnavailable
+from macvtap_hook.events import MACVTAP_PREFIX
 from macvtap_hook.hints import Hint, HintQueue
 from macvtap_hook.hypervisor import Hypervisor
+from macvtap_hook.links import macvtap_lowers
+from macvtap_hook.metrics import RunTally
 from macvtap_hook.state import StateStore
 
 log = logging.getLogger(__name__)
@@ -40,9 +44,18 @@ class Connections:
 
 
 def converge_once(
-    cfg: Config, conns: Connections, *, retry_stuck: bool = False, only: frozenset[str] | None = None
+    cfg: Config,
+    conns: Connections,
+    *,
+    retry_stuck: bool = False,
+    only: frozenset[str] | None = None,
+    retry_failed: bool = True,
+    failed: set[tuple[str, str, str]] | None = None,
+    hints: Sequence[Hint] = (),
 ) -> Report:
-    from macvtap_hook.links import NetlinkLinks
+    from macvtap_hook.links import NetlinkLinks, SysfsLinks
+    from macvtap_hook.udevdb import UdevIdentities
+    from macvtap_hook.uplink_hooks import UplinkHooks
 
     hypervisors, failures = conns.get()
     if not hypervisors:
@@ -50,16 +63,26 @@ def converge_once(
         raise failures[0]
     engine = Engine(
         hypervisors,
-        NetlinkLinks(),
+        SysfsLinks(),
         StateStore(cfg.state_file),
         configured=cfg.uris,
         detach_timeout=cfg.detach_timeout,
+        identities=UdevIdentities(),
+        hints=hints,
+        rules=cfg.uplink_rules,
+        hooks=UplinkHooks(cfg.uplink_hooks_dir, cfg.uplink_hook_timeout),
+        stacked=cfg.stacked,
+        maker=NetlinkLinks(),  # pyroute2 is imported only when a link is to be made
     )
-    report = engine.converge(retry_stuck=retry_stuck, only=only)
+    report = engine.converge(retry_stuck=retry_stuck, only=only, retry_failed=retry_failed, failed=failed)
     for exc in failures:
-        log.error("%s", exc)
+        log.warning("%s", exc)
         report.unreachable.append(exc.fields["uri"])
     return report
+
+
+def _macvtap_appeared(hint: Hint) -> bool:
+    return hint.action == "add" and (hint.iface or "").startswith(MACVTAP_PREFIX)
 
 
 def run(
@@ -80,6 +103,11 @@ def run(
     with the hints kept.
     """
     queue = HintQueue(cfg.hints_dir)
+    if drain_only and not queue.pending():
+        # During a storm every event starts a worker: one that finds the
+        # work already done must not queue up behind the lock.
+        log.debug("pending events: already handled by another run")
+        return None
     mine = queue.put(hint) if hint is not None else None
     started = time.monotonic()
     with lock.held(cfg.lock_file, cfg.lock_timeout):
@@ -88,28 +116,68 @@ def run(
             return None
         conns = Connections(cfg.uris)
         report: Report | None = None
+        failed: set[tuple[str, str, str]] = set()  # tried once per run, however many events it drains
+        tally = RunTally()
         try:
             for _ in range(MAX_DRAINS):
                 if report is not None and budget is not None and time.monotonic() - started > budget:
                     log.warning("%d event(s) left for the next run: this one ran out of time", len(queue.pending()))
                     break
                 pending = queue.pending()
-                if log.isEnabledFor(logging.DEBUG):  # hint files are read only to be logged
-                    for seen in filter(None, map(queue.read, pending)):
-                        log.debug("hint: %s", seen.describe())
+                # What vanished devices were, and what appeared (for uplink hooks).
+                read = {path: queue.read(path) for path in pending}
+                hints = [h for h in read.values() if h is not None]
+                for seen in hints:
+                    log.debug("hint: %s", seen.describe())
+                # Any later run converges everything: one hint is enough, plus
+                # those that alone know what a removed device was.
+                spare = [p for p in pending[1:] if not _identifies(read[p])]
+                # A failed re-attach leaves a macvtap that came and went; its
+                # add must not be what retries it, or the two would loop.
+                retry_failed = not hints or not all(_macvtap_appeared(h) for h in hints)
                 try:
-                    report = converge_once(cfg, conns, retry_stuck=retry_stuck, only=only)
+                    report = converge_once(
+                        cfg,
+                        conns,
+                        retry_stuck=retry_stuck,
+                        only=only,
+                        retry_failed=retry_failed,
+                        failed=failed,
+                        hints=hints,
+                    )
+                    tally.add(report)
                 except HypervisorUnavailable:
-                    queue.consume(pending[1:])  # any later run converges everything: one hint is enough
+                    queue.consume(spare)
                     raise
                 if report.unreachable:
-                    queue.consume(pending[1:])
+                    queue.consume(spare)
                     raise HypervisorUnavailable(uri=", ".join(report.unreachable), reason="see above")
                 queue.consume(pending)
                 retry_stuck, only = False, None
                 if not queue.pending():
                     break
+            tally.ok = True
+        except BaseException:
+            index.drop_index(str(cfg.run_dir))  # what this run left behind is unknown
+            raise
         finally:
             conns.close()
+            tally.write(cfg.metrics_file)  # under the lock: totals are read, added to and written
+        if report is not None and report.uplinks is not None:
+            # Macvtaps libvirt created since the last look (a guest starting):
+            # an event about one of them may have read the index this replaces.
+            index.write_index(str(cfg.run_dir), report.uplinks | macvtap_lowers())
+        else:
+            index.drop_index(str(cfg.run_dir))
         StateStore(cfg.state_file).ensure_exists()
         return report
+
+
+def _identifies(hint: Hint | None) -> bool:
+    """A remove or rename event of hardware (its identity is in no other place)."""
+    from macvtap_hook.identity import identity_from_udev
+
+    if hint is None or hint.action == "add" or not hint.udev:
+        return False
+    ident = identity_from_udev(hint.udev)
+    return ident is not None and ident.strong

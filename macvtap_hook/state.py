@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from macvtap_hook.errors import BadInterfaceName
+from macvtap_hook.identity import UplinkIdentity
 from macvtap_hook.ifname import check_ifname
 from macvtap_hook.model import PARK_STATES, DomainRef, ParkedNic
 from macvtap_hook.nicxml import check_recorded_interface
@@ -51,6 +52,7 @@ def record_to_dict(rec: ParkedNic) -> dict[str, Any]:
         "run": rec.run,
         "boot": rec.boot,
         "xml": rec.xml,
+        "identity": rec.identity.to_dict() if rec.identity is not None else None,
     }
 
 
@@ -80,6 +82,7 @@ def record_from_dict(data: Any) -> ParkedNic:
             last_error=data.get("last_error"),
             run=str(data.get("run") or ""),
             boot=str(data.get("boot") or ""),
+            identity=UplinkIdentity.from_dict(data.get("identity")),  # absent in older files: none
         )
     except (KeyError, TypeError, ValueError, BadInterfaceName) as exc:
         raise CorruptState(f"bad record: {exc}") from None
@@ -155,6 +158,43 @@ class StateStore:
         ensure_private_dir(self.path.parent)
         body = {"schema": SCHEMA, "parked": [record_to_dict(r) for r in sorted(records, key=lambda r: r.key)]}
         atomic_write(self.path, json.dumps(body, indent=2, sort_keys=True).encode() + b"\n")
+
+    # -- what was seen of renamed uplinks (planner.Observed), by NIC --------
+
+    @property
+    def renamed_path(self) -> Path:
+        return self.path.with_name("renamed-uplinks.json")
+
+    def load_renamed(self) -> dict[tuple[str, str, str], tuple[int, UplinkIdentity | None]]:
+        """Kept apart from the records: the cheap path never reads it. A
+        damaged file only loses what it knew (identities, not NICs)."""
+        try:
+            raw = self.renamed_path.read_bytes()
+            check_owned_by_root(self.renamed_path)
+            found = {}
+            for item in json.loads(raw)["renamed"]:
+                key = (_str(item["uri"]), _str(item["uuid"]), _str(item["mac"]))
+                found[key] = (int(item["ifindex"]), UplinkIdentity.from_dict(item.get("identity")))
+            return found
+        except FileNotFoundError:
+            return {}
+        except (OSError, KeyError, TypeError, ValueError) as exc:
+            log.warning("ignoring %s: %s", self.renamed_path, exc)
+            return {}
+
+    def save_renamed(self, seen: dict[tuple[str, str, str], tuple[int, UplinkIdentity | None]]) -> None:
+        if not seen:
+            with contextlib.suppress(FileNotFoundError):
+                self.renamed_path.unlink()
+            return
+        ensure_private_dir(self.path.parent)
+        body = {
+            "renamed": [
+                {"uri": k[0], "uuid": k[1], "mac": k[2], "ifindex": ifindex, "identity": i and i.to_dict()}
+                for k, (ifindex, i) in sorted(seen.items())
+            ]
+        }
+        atomic_write(self.renamed_path, json.dumps(body, indent=2, sort_keys=True).encode() + b"\n")
 
     def ensure_exists(self) -> None:
         if not self.path.exists():

@@ -1,20 +1,40 @@
-"""`macvtap-hook status`: what is parked, read from the state file alone.
+"""`macvtap-hook status`: every protected NIC and its state.
 
-It needs neither the lock nor libvirt, so it answers even while a run is
-stuck on libvirt or libvirtd is down.
+Read from libvirt and the host's links when libvirt answers, and from the
+state file alone (saying so) when it does not. It never takes the lock and
+changes nothing, so it answers even while a run is busy or libvirtd is down.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from macvtap_hook.config import Config
-from macvtap_hook.errors import UnsafePath
+from macvtap_hook.errors import HypervisorUnavailable, UnsafePath
 from macvtap_hook.hints import HintQueue
 from macvtap_hook.model import ParkedNic
+from macvtap_hook.protected import (
+    ALIVE,
+    DEAD,
+    DOWN,
+    NOT_HANDLED,
+    OFF_BRIDGE,
+    PAUSED,
+    STARTING,
+    TAP_MISSING,
+    ProtectedNic,
+    protected_nics,
+    records_only,
+)
 from macvtap_hook.state import SCHEMA, CorruptState, StateStore, record_to_dict
+
+if TYPE_CHECKING:
+    from macvtap_hook.hypervisor import Hypervisor
+    from macvtap_hook.links import LinkSource
 
 
 def advice(rec: ParkedNic) -> str:
@@ -28,7 +48,37 @@ def advice(rec: ParkedNic) -> str:
         return "re-attach failed; it is retried on the next event or 'macvtap-hook reconcile'"
     if rec.state == "detaching":
         return "a run was interrupted while detaching; the next run finishes it"
-    return f"waiting for {' or '.join(rec.candidates)} to come back"
+    return f"waiting for {rec.waits_for} to come back"
+
+
+def _with_identity(rec: ParkedNic) -> str:
+    ident = rec.identity
+    return f"{rec.uplink} [{ident.permanent_mac or ident.path}]" if ident is not None and ident.strong else rec.uplink
+
+
+def row_advice(row: ProtectedNic) -> str | None:
+    """What an administrator should know about a NIC that is not alive."""
+    if row.record is not None:
+        if row.record.state == "parked" and not row.record.last_error and row.waiting_for:
+            # The pool it waits for may have grown since it was recorded.
+            return f"waiting for {row.record.evolve(candidates=row.waiting_for).waits_for} to come back"
+        return advice(row.record)
+    uplink = row.uplink or "its uplink"
+    if row.kind == "bridge":
+        return {
+            DOWN: f"bridge {uplink} is gone; its tap is put back when the bridge returns",
+            OFF_BRIDGE: f"its tap is not on bridge {uplink}; the next event or 'macvtap-hook reconcile' puts it back",
+            TAP_MISSING: "the tap its live XML names is gone; only libvirt can make it again (detach, attach the NIC)",
+            NOT_HANDLED: "an openvswitch port: left to openvswitch",
+            PAUSED: "the guest is paused; its tap is put back once it runs again",
+        }.get(row.state)
+    return {
+        ALIVE: None,
+        STARTING: None,
+        DOWN: f"uplink {uplink} is gone; the next event or 'macvtap-hook reconcile' parks it",
+        DEAD: f"its macvtap died although {uplink} is back; the next event or 'macvtap-hook reconcile' repairs it",
+        PAUSED: "the guest is paused and cannot release it; it is parked once the guest runs again",
+    }.get(row.state)
 
 
 def _iso(epoch: float) -> str:
@@ -36,7 +86,7 @@ def _iso(epoch: float) -> str:
 
 
 def status_entry(rec: ParkedNic) -> dict[str, Any]:
-    """A record as `status --json` shows it (fields documented in the README)."""
+    """A record as `status --json` shows it in `parked` (fields documented in the README)."""
     entry = record_to_dict(rec)
     for internal in ("xml", "run", "boot"):
         del entry[internal]
@@ -44,47 +94,152 @@ def status_entry(rec: ParkedNic) -> dict[str, Any]:
     return entry
 
 
-def render_status(cfg: Config, *, as_json: bool) -> tuple[str, bool]:
-    """The text to print, and whether anything needs attention."""
-    problem = None
+def protected_entry(row: ProtectedNic) -> dict[str, Any]:
+    """A NIC as `status --json` shows it in `protected` (README)."""
+    return {
+        "domain": row.domain.name,
+        "uuid": row.domain.uuid,
+        "uri": row.domain.uri,
+        "mac": row.mac,
+        "kind": row.kind,
+        "uplink": row.uplink,
+        "network": row.network,
+        "mode": row.mode,
+        "state": row.state,
+        "waiting_for": list(row.waiting_for),
+        "identity": row.record.identity.to_dict() if row.record and row.record.identity else None,
+        "since": _iso(row.record.since) if row.record else None,
+        "needs_attention": row.needs_attention,
+        "advice": row_advice(row),
+    }
+
+
+@dataclass
+class StatusView:
+    """Everything `status` prints, gathered once."""
+
+    records: tuple[ParkedNic, ...] = ()
+    protected: list[ProtectedNic] = field(default_factory=list)
+    from_libvirt: bool = False  # False: the rows come from the state file alone
+    unreachable: dict[str, str] = field(default_factory=dict)  # URI -> why
+    pending: int = 0
+    problem: str | None = None
+
+    @property
+    def attention(self) -> bool:
+        return any(r.needs_attention for r in self.records) or self.problem is not None
+
+
+def read_records(cfg: Config) -> tuple[tuple[ParkedNic, ...], str | None]:
     try:
-        records = StateStore(cfg.state_file).read()
+        return StateStore(cfg.state_file).read(), None
     except (OSError, CorruptState, UnsafePath) as exc:
-        records, problem = (), f"state file {cfg.state_file} unreadable: {exc}; the next run rebuilds it"
-    pending = len(HintQueue(cfg.hints_dir).pending())
-    attention = any(r.needs_attention for r in records) or problem is not None
-    if as_json:
-        body = {
-            "schema": SCHEMA,
-            "parked": [status_entry(r) for r in records],
-            "pending_events": pending,
-            "problem": problem,
-        }
-        return json.dumps(body, indent=2) + "\n", attention
+        return (), f"state file {cfg.state_file} unreadable: {exc}; the next run rebuilds it"
+
+
+def build_view(
+    store: StateStore,
+    records: tuple[ParkedNic, ...],
+    hypervisors: Sequence[Hypervisor],
+    failures: Sequence[HypervisorUnavailable],
+    links: LinkSource,
+) -> StatusView:
+    """The view from whatever libvirt connections could be opened."""
+    from macvtap_hook.engine import Engine
+
+    view = StatusView(records=records)
+    view.unreachable = {
+        exc.fields["uri"]: f"cannot reach libvirt at {exc.fields['uri']}: {exc.fields['reason']}" for exc in failures
+    }
+    if hypervisors:
+        # The engine's own snapshot (no lock: it only reads), over the
+        # records read above: its load() would move a corrupt file aside.
+        engine = Engine(hypervisors, links, store)
+        engine.records = {rec.key: rec for rec in records}
+        snap = engine.snapshot()
+        for uri in engine.report.unreachable:
+            view.unreachable.setdefault(uri, f"libvirt {uri} did not answer")
+        if snap.reachable:
+            view.from_libvirt = True
+            view.protected = protected_nics(snap)
+            return view
+    view.protected = records_only(records)
+    return view
+
+
+def gather(cfg: Config) -> StatusView:
+    records, problem = read_records(cfg)
+    from macvtap_hook.hypervisor import connect_all
+    from macvtap_hook.links import SysfsLinks
+
+    hypervisors, failures = connect_all(cfg.uris)
+    try:
+        view = build_view(StateStore(cfg.state_file), records, hypervisors, failures, SysfsLinks())
+    finally:
+        for hv in hypervisors:
+            hv.close()
+    view.problem = problem
+    view.pending = len(HintQueue(cfg.hints_dir).pending())
+    return view
+
+
+def render_json(view: StatusView) -> str:
+    body = {
+        "schema": SCHEMA,
+        "source": "libvirt" if view.from_libvirt else "state-file",
+        "unreachable": [{"uri": uri, "reason": why} for uri, why in sorted(view.unreachable.items())],
+        "protected": [protected_entry(row) for row in view.protected],
+        "parked": [status_entry(r) for r in view.records],
+        "pending_events": view.pending,
+        "problem": view.problem,
+    }
+    return json.dumps(body, indent=2) + "\n"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in [header, *rows]]
+
+
+def render_text(view: StatusView) -> str:
     lines = []
-    if problem:
-        lines.append(f"warning: {problem}")
-    if not records:
-        lines.append("no parked NICs")
+    if view.problem:
+        lines.append(f"warning: {view.problem}")
+    lines.extend(f"warning: {why}" for _uri, why in sorted(view.unreachable.items()))
+    if not view.from_libvirt:
+        lines.append("libvirt did not answer: showing the parked NICs from the state file alone")
+    if not view.protected:
+        lines.append(
+            "no protected NICs (no running domain has a macvtap NIC)" if view.from_libvirt else "no parked NICs"
+        )
     else:
-        header = ("DOMAIN", "MAC", "UPLINK", "STATE", "SINCE", "ATTEMPTS")
+        header = ("DOMAIN", "MAC", "KIND", "UPLINK", "MODE", "STATE", "SINCE")
         rows = [
             (
-                r.domain.name,
-                r.mac,
-                (r.network and f"{r.uplink} ({r.network})") or r.uplink,
-                r.state,
-                _iso(r.since),
-                str(r.attempts),
+                row.domain.name,
+                row.mac,
+                row.kind,
+                (row.network and f"{row.uplink or '-'} ({row.network})")
+                or (row.record and _with_identity(row.record))
+                or row.uplink
+                or "-",
+                row.mode or "-",
+                row.state,
+                _iso(row.record.since) if row.record else "-",
             )
-            for r in records
+            for row in view.protected
         ]
-        widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-        for row in [header, *rows]:
-            lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
-        for r in records:
-            if r.last_error or r.state != "parked":
-                lines.append(f"{r.domain.name} {r.mac}: {r.last_error or r.state}; {advice(r)}")
-    if pending:
-        lines.append(f"{pending} event(s) pending: the next run (or 'macvtap-hook reconcile') acts on them")
-    return "\n".join(lines) + "\n", attention
+        lines.extend(_table(header, rows))
+        for row in view.protected:
+            note = row_advice(row)
+            if note:
+                lines.append(f"{row.domain.name} {row.mac}: {row.state}; {note}")
+    if view.pending:
+        lines.append(f"{view.pending} event(s) pending: the next run (or 'macvtap-hook reconcile') acts on them")
+    return "\n".join(lines) + "\n"
+
+
+def render_status(cfg: Config, *, as_json: bool) -> tuple[str, bool]:
+    """The text to print, and whether anything needs attention."""
+    view = gather(cfg)
+    return (render_json(view) if as_json else render_text(view)), view.attention

@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import copy
 import itertools
+import threading
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 from macvtap_hook import nicxml
-from macvtap_hook.errors import DomainGone, HypervisorError, HypervisorUnavailable
-from macvtap_hook.model import DomainRef, DomainView, Link, Links, LiveNic, ParkedNic
+from macvtap_hook.errors import DomainGone, HypervisorError, HypervisorUnavailable, LinkError
+from macvtap_hook.hints import Hint
+from macvtap_hook.identity import StackedUplink, UplinkIdentity, identity_from_udev, udev_identity_env
+from macvtap_hook.model import DomainRef, DomainView, Link, Links, LiveNic, ParkedNic, PortSettings
 
 
 class FakeLinks:
@@ -25,24 +28,96 @@ class FakeLinks:
         self.links: dict[str, Link] = {}
         self._next = itertools.count(100)
         self.snapshots = 0
+        self.ports: dict[str, PortSettings] = {}  # tap -> what put_on_bridge last applied
+        self.fail_port: str | None = None
+        self.udev: dict[int, dict[str, str]] = {}  # udev's database, by ifindex as udev keeps it
+        self.events: list[Hint] = []  # the udev events the kernel and udevd would send
 
     def snapshot(self) -> Links:
         self.snapshots += 1
         return Links(dict(self.links))
 
-    def add(self, name: str, kind: str = "veth", parent: int | None = None, mac: str | None = None) -> Link:
-        link = Link(name=name, ifindex=next(self._next), kind=kind, parent=parent, mac=mac)
+    def put_on_bridge(self, tap: str, tap_index: int, bridge: str, bridge_index: int, settings: PortSettings) -> None:
+        link = self.links.get(tap)
+        if link is None or link.ifindex != tap_index:
+            raise LinkError(operation=f"setting master {bridge}", link=tap, reason="No such device", gone=True)
+        if self.fail_port:
+            raise LinkError(operation=f"setting master {bridge}", link=tap, reason=self.fail_port, gone=False)
+        master = self.links.get(bridge)
+        if master is None or master.ifindex != bridge_index:
+            raise LinkError(operation=f"setting master {bridge}", link=tap, reason="No such device", gone=False)
+        self.links[tap] = replace(link, master=bridge_index, mtu=settings.mtu or link.mtu, up=settings.up or link.up)
+        self.ports[tap] = settings
+
+    def add(
+        self,
+        name: str,
+        kind: str = "veth",
+        parent: int | None = None,
+        mac: str | None = None,
+        perm_mac: str | None = None,
+        udev: dict[str, str] | None = None,
+        **more: object,
+    ) -> Link:
+        link = Link(
+            name=name,
+            ifindex=next(self._next),
+            kind=kind,
+            parent=parent,
+            mac=mac,
+            perm_mac=perm_mac,
+            **more,  # type: ignore[arg-type]
+        )
         self.links[name] = link
+        self.udev[link.ifindex] = dict(udev or {})
+        self._event("add", link)
         return link
 
     def delete(self, name: str) -> None:
+        """As the kernel: a macvtap dies with its lower device, a bridge's
+        ports (taps) survive it, on no bridge."""
         gone = self.links.pop(name)
         for other in list(self.links.values()):
             if other.kind == "macvtap" and other.parent == gone.ifindex:
                 del self.links[other.name]
+            elif other.master == gone.ifindex:
+                self.links[other.name] = replace(other, master=None)
+        self._event("remove", gone)
+        del self.udev[gone.ifindex]  # a remove event carries the database; then it is gone
 
     def rename(self, old: str, new: str) -> None:
         self.links[new] = replace(self.links.pop(old), name=new)
+        self._event("move", self.links[new], old)
+
+    def set_mac(self, name: str, mac: str) -> None:
+        """What a passthrough macvtap does to its uplink: the current MAC changes, never the permanent one."""
+        self.links[name] = replace(self.links[name], mac=mac)
+
+    def create(self, spec: StackedUplink, parent: int) -> None:
+        """As NetlinkLinks.create: the kernel refuses a name in use or a parent that is gone."""
+        if spec.name in self.links or not any(link.ifindex == parent for link in self.links.values()):
+            raise OSError(17, "File exists" if spec.name in self.links else "No such device")
+        self.add(spec.name, kind=spec.kind, parent=None if spec.kind == "bridge" else parent)
+
+    def _event(self, action: str, link: Link, old: str | None = None) -> None:
+        props = udev_identity_env(self.udev.get(link.ifindex, {})) or None
+        self.events.append(Hint("udev", action, link.name, old_iface=old, ifindex=link.ifindex, udev=props))
+
+    def take_events(self) -> list[Hint]:
+        events, self.events = self.events, []
+        return events
+
+
+class FakeIdentities:
+    """The udev database adapter (macvtap_hook.udevdb.UdevIdentities) over FakeLinks."""
+
+    def __init__(self, links: FakeLinks) -> None:
+        self.links = links
+        self.reads: list[str] = []
+
+    def identity(self, link: Link) -> UplinkIdentity | None:
+        self.reads.append(link.name)
+        return identity_from_udev(self.links.udev.get(link.ifindex, {}), permanent_mac=link.perm_mac)
 
 
 @dataclass
@@ -52,6 +127,7 @@ class FakeGuest:
     releases: bool = True  # answers PCI unplug requests
     release_after: int = 0  # polls before the unplug completes
     pending: dict[str, int] = field(default_factory=dict)  # alias -> polls left
+    unreadable: str | None = None  # why its live XML cannot be read (or parsed), if so
 
 
 class FakeHypervisor:
@@ -60,11 +136,13 @@ class FakeHypervisor:
         self.links = links
         self.guests: dict[str, FakeGuest] = {}
         self.networks: dict[str, tuple[str, ...]] = {}
+        self.bridges: dict[str, str] = {}  # bridge-based networks: name -> bridge
         self.reachable = True
         self.fail_attach: str | None = None
         self.calls: list[tuple[str, str]] = []
         self._tap = itertools.count(0)
         self._ids = itertools.count(1)
+        self._lock = threading.RLock()
 
     # -- test set-up ---------------------------------------------------------
 
@@ -118,6 +196,9 @@ class FakeHypervisor:
         self._progress()
         views = []
         for guest in self.guests.values():
+            if guest.unreadable is not None:  # as LibvirtHypervisor reports it: the domain, nothing of it
+                views.append(DomainView(self.ref(guest.root.findtext("uuid") or ""), unreadable=guest.unreadable))
+                continue
             view = nicxml.parse_domain(ET.tostring(guest.root, encoding="unicode"), self.uri)
             views.append(replace(view, running=guest.running))
         return views
@@ -127,6 +208,10 @@ class FakeHypervisor:
         return self.networks.get(network, ())
 
     def live_nic(self, dom: DomainRef, mac: str) -> LiveNic | None:
+        with self._lock:  # the engine attaches to several domains at once, as libvirt allows
+            return self._live_nic(dom, mac)
+
+    def _live_nic(self, dom: DomainRef, mac: str) -> LiveNic | None:
         guest = self._guest(dom)
         self._progress()
         view = nicxml.parse_domain(ET.tostring(guest.root, encoding="unicode"), self.uri)
@@ -158,7 +243,11 @@ class FakeHypervisor:
             guest.pending[alias] = guest.release_after
         self._progress()
 
-    def attach(self, dom: DomainRef, xml: str) -> None:
+    def attach(self, dom: DomainRef, xml: str, *, avoid: Sequence[str] = ()) -> None:
+        with self._lock:
+            self._attach(dom, xml, avoid)
+
+    def _attach(self, dom: DomainRef, xml: str, avoid: Sequence[str]) -> None:
         guest = self._guest(dom)
         self.calls.append(("attach", xml))
         if self.fail_attach:
@@ -169,7 +258,7 @@ class FakeHypervisor:
             raise HypervisorError(operation="attach", reason=f"MAC {mac} already in use")
         if iface.find("target") is not None and nicxml._AUTO_TARGET.match(iface.find("target").get("dev", "")):  # type: ignore[union-attr]
             raise HypervisorError(operation="attach", reason="generated target name given")
-        self._plug(guest, iface)
+        self._plug(guest, iface, avoid)
 
     def update_device(self, dom: DomainRef, xml: str) -> None:
         guest = self._guest(dom)
@@ -196,23 +285,35 @@ class FakeHypervisor:
                 return iface
         return None
 
-    def _plug(self, guest: FakeGuest, iface: ET.Element) -> None:
+    def _connections(self, network: str) -> dict[str, int]:
+        counts = dict.fromkeys(self.networks.get(network, ()), 0)
+        for guest in self.guests.values():
+            for src in guest.root.iterfind("devices/interface/source"):
+                if src.get("network") == network and src.get("dev") in counts:
+                    counts[src.get("dev", "")] += 1
+        return counts
+
+    def _plug(self, guest: FakeGuest, iface: ET.Element, avoid: Sequence[str] = ()) -> None:
         iface = copy.deepcopy(iface)
         source = iface.find("source")
         assert source is not None
         mac = iface.find("mac").get("address", "").lower()  # type: ignore[union-attr]
+        if source.get("bridge") is not None or self.bridges.get(source.get("network", "")):
+            self._plug_tap(guest, iface, source, mac)
+            return
         if iface.get("type") == "network":
-            members = [m for m in self.networks.get(source.get("network", ""), ()) if m in self.links.links]
-            if not members:
-                raise HypervisorError(operation="attach", reason="no usable pool member")
+            # As libvirt 9 does: the least used member, whether it exists or not.
+            counts = {m: n for m, n in self._connections(source.get("network", "")).items() if m not in avoid}
+            if not counts:
+                raise HypervisorError(operation="attach", reason="network has no forward dev and no interface pool")
             iface.set("type", "direct")
-            source.set("dev", members[0])
+            source.set("dev", min(counts, key=lambda m: counts[m]))
             source.set("mode", "bridge")
             source.set("portid", "0000")
         dev = source.get("dev", "")
         lower = self.links.links.get(dev)
         if lower is None:
-            raise HypervisorError(operation="attach", reason=f"Cannot get interface MTU on '{dev}': No such device")
+            raise HypervisorError(operation="attach", reason=f"Unable to get index for interface {dev}: No such device")
         tap = f"macvtap{next(self._tap)}"
         self.links.add(tap, kind="macvtap", parent=lower.ifindex, mac=mac)
         old_target = iface.find("target")
@@ -223,6 +324,21 @@ class FakeHypervisor:
             used = {a.get("name") for a in guest.root.iterfind("devices/interface/alias")}
             n = next(i for i in itertools.count() if f"net{i}" not in used)
             ET.SubElement(iface, "alias", {"name": f"net{n}"})
+        guest.root.find("devices").append(iface)  # type: ignore[union-attr]
+
+    def _plug_tap(self, guest: FakeGuest, iface: ET.Element, source: ET.Element, mac: str) -> None:
+        """As libvirt: a tap vnetN with the guest's MAC (first byte fe), on the bridge."""
+        bridge_name = source.get("bridge") or self.bridges[source.get("network", "")]
+        source.set("bridge", bridge_name)
+        bridge = self.links.links.get(bridge_name)
+        if bridge is None:
+            raise HypervisorError(operation="attach", reason=f"Cannot get interface MTU on '{bridge_name}'")
+        tap = f"vnet{next(self._tap)}"
+        self.links.add(tap, kind="tun", mac="fe:" + mac.partition(":")[2], master=bridge.ifindex, up=True)
+        ET.SubElement(iface, "target", {"dev": tap})
+        used = {a.get("name") for a in guest.root.iterfind("devices/interface/alias")}
+        n = next(i for i in itertools.count() if f"net{i}" not in used)
+        ET.SubElement(iface, "alias", {"name": f"net{n}"})
         guest.root.find("devices").append(iface)  # type: ignore[union-attr]
 
     def _progress(self) -> None:
@@ -259,3 +375,11 @@ def direct_nic(mac: str, dev: str, mode: str = "bridge", slot: int = 3) -> str:
 
 def network_nic(mac: str, network: str, slot: int = 3) -> str:
     return _nic("network", mac, {"network": network}, slot)
+
+
+def bridge_nic(mac: str, bridge: str, slot: int = 3, extra: str = "") -> str:
+    """A `type='bridge'` NIC; `extra` is XML put inside it (<mtu>, <vlan>, ...)."""
+    iface = ET.fromstring(_nic("bridge", mac, {"bridge": bridge}, slot))
+    for child in ET.fromstring(f"<x>{extra}</x>"):
+        iface.append(child)
+    return ET.tostring(iface, encoding="unicode")

@@ -90,7 +90,7 @@ KILLER = textwrap.dedent(
         H.request_detach = lambda self, *a: (orig_detach(self, *a), die())
     elif step == "after-attach":
         orig_attach = H.attach
-        H.attach = lambda self, *a: (orig_attach(self, *a), die())
+        H.attach = lambda self, *a, **kw: (orig_attach(self, *a, **kw), die())
     elif step == "in-state-write":
         orig_write, calls = state.atomic_write, []
         def write(path, data, mode=0o600):
@@ -223,9 +223,11 @@ def test_failed_attach_is_kept_retried_and_reported(harness, testbed, hook) -> N
     up.recreate()
     hook.settle()
     (rec,) = hook.parked()
-    assert rec["attempts"] == 1 and rec["last_error"] and rec["needs_attention"]
+    # Tried once per run: by the uplink's add, and maybe already by the run
+    # the squatter's own macvtap started (it sits on an uplink not yet indexed).
+    assert rec["attempts"] in (1, 2) and rec["last_error"] and rec["needs_attention"]
     assert hook.cli("reconcile", check=False).returncode == 1
-    assert hook.parked()[0]["attempts"] == 2
+    assert hook.parked()[0]["attempts"] == rec["attempts"] + 1
     guest.domain().detachDeviceFlags(guest.interface_xml(squatter.mac), libvirt.VIR_DOMAIN_AFFECT_LIVE)
     guest.wait_nic_gone(squatter.mac)
     pos = guest.console_position()

@@ -33,6 +33,15 @@ def booted(harness: Any, testbed: Any, **kw: Any) -> tuple[Any, Any, Any]:
     return up, nic, guest
 
 
+def churn_unrelated_veths(harness: Any, prefix: str, count: int = 15) -> None:
+    """What a container host does all day: veths added, renamed and deleted."""
+    for i in range(count):
+        name = f"{prefix}x{i}"
+        harness.run(["ip", "link", "add", name, "type", "veth", "peer", "name", f"{name}p"])
+        harness.run(["ip", "link", "set", f"{name}p", "name", f"{name}q"])
+        harness.run(["ip", "link", "del", name])
+
+
 def cycle(
     harness: Any, hook: Any, guest: Any, nics: list[Any], uplink: Any, timings: dict[str, float], tag: str
 ) -> None:
@@ -161,11 +170,7 @@ def test_renamed_uplink_is_left_alone(harness, testbed, hook) -> None:  # type: 
 def test_churn_of_unrelated_interfaces_is_ignored(harness, testbed, hook) -> None:  # type: ignore[no-untyped-def]
     _up, nic, guest = booted(harness, testbed)
     tap = guest.macvtap_of(nic.mac)
-    for i in range(15):
-        name = f"{testbed.prefix}x{i}"
-        harness.run(["ip", "link", "add", name, "type", "veth", "peer", "name", f"{name}p"])
-        harness.run(["ip", "link", "set", f"{name}p", "name", f"{name}q"])
-        harness.run(["ip", "link", "del", name])
+    churn_unrelated_veths(harness, testbed.prefix)
     hook.settle()
     pos = guest.console_position()
     guest.wait_for_ping(nic.mac, after_line=pos, timeout=30)

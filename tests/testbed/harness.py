@@ -7,7 +7,9 @@ so that :func:`cleanup` can find and remove it, also after a failed test:
   its peer ``{prefix}{N}p`` inside namespace ``{prefix}-ns{N}`` with
   ``10.77.N.1/24``;
 * guests (transient libvirt domains) ``{prefix}-...``;
-* libvirt networks ``{prefix}-...``.
+* libvirt networks ``{prefix}-...``;
+* bridge ``{prefix}br{N}`` whose port is uplink ``{prefix}{N}`` (a
+  :class:`BridgeUplink`), for guests on a Linux bridge.
 
 Guests boot the kernel and initramfs built by ``tests/testbed/build-guest``
 (run ``tests/testbed/setup`` once per machine).  Their serial console is a
@@ -50,6 +52,7 @@ __all__ = [
     "DEFAULT_PREFIX",
     "LIBVIRT_URI",
     "MODES",
+    "BridgeUplink",
     "CommandError",
     "Guest",
     "Nic",
@@ -57,6 +60,7 @@ __all__ = [
     "Testbed",
     "Uplink",
     "attachable_xml",
+    "bridge_network_xml",
     "cleanup",
     "connect",
     "define_pool_network",
@@ -67,6 +71,7 @@ __all__ = [
     "mac_for",
     "macvtaps_on",
     "pool_network_xml",
+    "port_of",
     "run",
 ]
 
@@ -229,6 +234,78 @@ class Uplink:
         run(["ip", "link", "set", self.name, "up" if up else "down"])
 
 
+@dataclass
+class BridgeUplink:
+    """A Linux bridge ``bridge`` whose one port is uplink ``port`` (a veth
+    whose peer answers pings in a namespace): guests' taps join the bridge.
+
+    :meth:`delete` deletes the bridge only (the taps and the veth survive, on
+    no bridge); :meth:`recreate` makes it again and re-enslaves the veth, as
+    ifup or NetworkManager would. With ``create_bridge=False`` someone else
+    (a libvirt network) makes the bridge: call :meth:`enslave_port` after.
+    """
+
+    port: Uplink
+    bridge: str
+
+    @classmethod
+    def make(cls, index: int, prefix: str = DEFAULT_PREFIX, create_bridge: bool = True) -> BridgeUplink:
+        bu = cls(Uplink.make(index, prefix), _check_ifname(f"{prefix}br{index}"))
+        if create_bridge:
+            bu.create_bridge()
+            bu.enslave_port()
+        return bu
+
+    @property
+    def index(self) -> int:
+        return self.port.index
+
+    @property
+    def peer_addr(self) -> str:
+        return self.port.peer_addr
+
+    def guest_address(self, host: int) -> str:
+        return self.port.guest_address(host)
+
+    def exists(self) -> bool:
+        return _link_exists(self.bridge)
+
+    def create_bridge(self) -> None:
+        run(["ip", "link", "add", self.bridge, "type", "bridge"])
+        run(["ip", "link", "set", self.bridge, "up"])
+
+    def enslave_port(self) -> None:
+        run(["ip", "link", "set", self.port.name, "master", self.bridge])
+        run(["ip", "link", "set", self.port.name, "up"])
+
+    def delete(self) -> None:
+        run(["ip", "link", "del", self.bridge])
+
+    def recreate(self) -> None:
+        self.create_bridge()
+        self.enslave_port()
+
+
+def port_of(tap: str) -> dict[str, Any]:
+    """What ``ip -d link`` says of a tap as a bridge port: master, mtu, up,
+    isolation; and ``bridge vlan`` its VLANs (an oracle independent of the tool)."""
+    (info,) = link_info(tap)
+    slave = info.get("linkinfo", {}).get("info_slave_data", {})
+    vlans: list[dict[str, Any]] = []
+    proc = run(["bridge", "-j", "vlan", "show", "dev", tap], check=False)
+    if proc.returncode == 0 and proc.stdout.strip():
+        for entry in json.loads(proc.stdout):
+            vlans.extend(entry.get("vlans", []))
+    return {
+        "master": info.get("master"),
+        "mtu": info.get("mtu"),
+        "up": "UP" in info.get("flags", []),
+        "isolated": slave.get("isolated"),
+        "vlans": {v["vlan"]: sorted(v.get("flags", [])) for v in vlans},
+        "address": info.get("address"),
+    }
+
+
 # --------------------------------------------------------------------------- NICs / guests
 
 
@@ -248,6 +325,22 @@ class Nic:
     mode: str = "bridge"
     network: str | None = None
     slot: int | None = None
+    bridge: str | None = None
+    extra: str = ""  # XML put inside a bridge NIC's <interface> (<mtu>, <port>, <vlan>...)
+
+    @classmethod
+    def bridged(
+        cls, uplink: BridgeUplink, host: int, mac: str | None = None, slot: int | None = None, extra: str = ""
+    ) -> Nic:
+        """A ``type='bridge'`` NIC on the uplink's bridge."""
+        return cls(
+            mac=mac or mac_for(uplink.index, host),
+            address=uplink.guest_address(host),
+            peer=uplink.peer_addr,
+            bridge=uplink.bridge,
+            slot=slot,
+            extra=extra,
+        )
 
     @classmethod
     def direct(
@@ -266,7 +359,7 @@ class Nic:
 
     @classmethod
     def on_network(
-        cls, network: str, uplink: Uplink, host: int, mac: str | None = None, slot: int | None = None
+        cls, network: str, uplink: Uplink | BridgeUplink, host: int, mac: str | None = None, slot: int | None = None
     ) -> Nic:
         """A NIC on a pool network; *uplink* is the pool device it will land on
         (used for the address and the peer to ping)."""
@@ -284,6 +377,11 @@ class Nic:
 
     def xml(self, slot: int) -> str:
         addr = f"<address type='pci' domain='0x0000' bus='0x00' slot='0x{slot:02x}' function='0x0'/>"
+        if self.bridge:
+            return (
+                f"<interface type='bridge'><mac address='{self.mac}'/>"
+                f"<source bridge='{self.bridge}'/><model type='virtio'/>{self.extra}{addr}</interface>"
+            )
         if self.network:
             return (
                 f"<interface type='network'><mac address='{self.mac}'/>"
@@ -541,6 +639,15 @@ def destroy_network(conn: libvirt.virConnect, name: str, undefine: bool = True) 
             pass
 
 
+def bridge_network_xml(name: str, bridge: str, mac: str) -> str:
+    """An isolated libvirt network that creates (and on destroy deletes) its
+    own bridge; no <ip>, so no dnsmasq. Its MAC is fixed."""
+    return (
+        f"<network><name>{name}</name><bridge name='{bridge}' stp='off' delay='0'/>"
+        f"<mac address='{mac}'/><dns enable='no'/></network>"
+    )
+
+
 # --------------------------------------------------------------------------- cleanup
 
 
@@ -629,6 +736,15 @@ class Testbed:
         g = Guest(self.conn, name, nics, self.workdir, memory_mib=memory_mib, acpi=acpi)
         self.guests.append(g)
         return g.start() if start else g
+
+    def bridge_uplink(self, index: int, create_bridge: bool = True) -> BridgeUplink:
+        return BridgeUplink.make(index, self.prefix, create_bridge=create_bridge)
+
+    def bridge_network(self, suffix: str, bridge: str, mac: str) -> libvirt.virNetwork:
+        """Define and start an isolated network on its own bridge ``bridge``."""
+        net = self.conn.networkDefineXML(bridge_network_xml(f"{self.prefix}-{suffix}", bridge, mac))
+        net.create()
+        return net
 
     def pool_network(self, suffix: str, devs: Sequence[str], start: bool = True) -> libvirt.virNetwork:
         return define_pool_network(self.conn, f"{self.prefix}-{suffix}", devs, start=start)

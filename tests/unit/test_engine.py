@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from macvtap_hook.engine import Engine
+from macvtap_hook.index import PARKED
 from macvtap_hook.nicxml import parse_domain
 from macvtap_hook.state import StateStore
 from tests.fakes import FakeHypervisor, FakeLinks, direct_nic, network_nic
@@ -237,6 +238,10 @@ def test_failed_attach_keeps_record_with_error_and_retries_later(world: World) -
     assert report.attention == [rec]
     assert [c[0] for c in world.hv.calls].count("attach") == 1, "not retried in a loop within one run"
     world.hv.fail_attach = None
+    report = world.engine().converge(retry_failed=False)  # woken by the failed attach's own macvtap
+    assert report.attached == 0 and world.store.load()[0].attempts == 1, "no loop across runs either"
+    drained = {world.store.load()[0].key}  # the run that failed it drains another event
+    assert world.engine().converge(failed=drained).attached == 0, "tried once per run"
     report = world.converge()
     assert report.attached == 1 and world.store.load() == ()
 
@@ -307,8 +312,8 @@ def test_crash_at_any_step_converges_without_loss_or_duplicate(world: World, ste
         hv.request_detach = detach  # type: ignore[method-assign]
     elif step == "after-attach":
 
-        def attach(*a):  # type: ignore[no-untyped-def]
-            orig_attach(*a)
+        def attach(*a, **kw):  # type: ignore[no-untyped-def]
+            orig_attach(*a, **kw)
             raise Crash
 
         hv.attach = attach  # type: ignore[method-assign]
@@ -507,3 +512,96 @@ def test_state_writable_by_others_is_refused(world: World, what: str) -> None:
     with pytest.raises(UnsafePath):
         world.converge()
     assert world.store.path.read_bytes(), "refused, not rewritten"
+
+
+@pytest.mark.parametrize("when", ["parked", "detaching", "stuck"])
+def test_unreadable_domain_keeps_its_records(world: World, when: str) -> None:
+    world.hv.start("vm1", UUID1, [direct_nic(MAC1, "up0")])
+    world.hv.start("vm2", UUID2, [direct_nic(MAC2, "up1")])
+    world.links.delete("up0")
+    world.converge()
+    (rec,) = world.store.load()
+    world.store.save([rec.evolve(state=when)])
+    world.hv.guests[UUID1].unreadable = "XML error: malformed"
+    world.links.add("up0")
+    world.links.delete("up1")
+    seen = len(world.hv.calls)
+    report = world.converge()
+    assert report.unreadable == ["vm1"] and report.needs_attention
+    assert report.uplinks is None, "an unreadable domain's uplinks are unknown: no index"
+    assert report.parked == 1, "other domains are still handled"
+    kept = {r.mac: r for r in world.store.load()}
+    assert kept[MAC1] == rec.evolve(state=when), "neither forgotten as 'no longer running', nor attached, nor changed"
+    assert [c for c in world.hv.calls[seen:] if c[0] == "attach" or c == ("metadata", "vm1")] == []
+    world.hv.guests[UUID1].unreadable = None
+    report = world.converge()
+    assert report.unreadable == [] and not report.needs_attention
+    assert MAC1 in world.nics(UUID1) and world.alive(UUID1, MAC1)
+
+
+def test_settled_run_reports_the_uplinks_to_watch(world: World) -> None:
+    world.links.add("up2")
+    world.hv.networks["pool"] = ("up1", "up2")
+    world.hv.start("vm1", UUID1, [direct_nic(MAC1, "up0"), network_nic(MAC3, "pool", slot=4)])
+    world.hv.start("vm2", UUID2, [direct_nic(MAC2, "up1")])
+    report = world.converge()
+    assert report.uplinks == {"up0", "up1"}, "the uplinks live NICs sit on"
+    world.links.add("stray", kind="macvtap", parent=world.links.links["up2"].ifindex, mac="52:54:00:99:99:99")
+    world.links.delete("up0")
+    report = world.converge()
+    assert report.uplinks == {"up0", "up1", "up2", PARKED}, "what a parked NIC waits for, any macvtap's lower device"
+
+
+def test_attaches_to_different_domains_run_at_once(world: World) -> None:
+    import threading
+
+    both = threading.Barrier(2, timeout=5)  # broken (an error) unless two attaches are in flight together
+    plain_attach = world.hv.attach
+
+    def attach(dom, xml, **kw):  # type: ignore[no-untyped-def]
+        both.wait()
+        plain_attach(dom, xml, **kw)
+
+    world.hv.start("vm1", UUID1, [direct_nic(MAC1, "up0")])
+    world.hv.start("vm2", UUID2, [direct_nic(MAC2, "up0")])
+    world.links.delete("up0")
+    assert world.converge().parked == 2
+    world.links.add("up0")
+    world.hv.attach = attach  # type: ignore[method-assign]
+    assert world.converge().attached == 2
+    assert world.alive(UUID1, MAC1) and world.alive(UUID2, MAC2)
+
+
+def test_pool_failover_lands_on_a_live_member_and_stays_there(world: World, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    caplog.set_level(logging.INFO)
+    world.hv.networks["pool"] = ("up0", "up1")
+    world.hv.start("vm1", UUID1, [network_nic(MAC1, "pool")])
+    world.links.delete("up0")
+    report = world.converge()
+    assert (report.parked, report.attached) == (1, 1)
+    assert world.nics(UUID1)[MAC1].find("source").get("dev") == "up1"  # type: ignore[union-attr]
+    assert world.alive(UUID1, MAC1)
+    assert "uplink up0 is gone; it goes straight back on pool network pool (up1 up)" in caplog.text
+    assert "re-attached NIC 52:54:00:00:00:01 of domain vm1 on up1 (pool network pool)" in caplog.text
+    assert "although" not in caplog.text, "up0 is not back"
+    world.links.add("up0")
+    calls = len(world.hv.calls)
+    report = world.converge()
+    assert (report.parked, report.attached) == (0, 0), "the first member's return moves nothing"
+    assert [c for c in world.hv.calls[calls:] if c[0] != "metadata"] == []
+
+
+def test_pool_nic_waits_while_every_member_is_gone(world: World) -> None:
+    world.hv.networks["pool"] = ("up0", "up1")
+    world.hv.start("vm1", UUID1, [network_nic(MAC1, "pool")])
+    world.links.delete("up0")
+    world.links.delete("up1")
+    report = world.converge()
+    assert (report.parked, report.attached) == (1, 0)
+    (rec,) = world.store.load()
+    assert (rec.uplink, rec.candidates, rec.network) == ("up0", ("up0", "up1"), "pool")
+    world.links.add("up1")
+    assert world.converge().attached == 1
+    assert world.nics(UUID1)[MAC1].find("source").get("dev") == "up1"  # type: ignore[union-attr]

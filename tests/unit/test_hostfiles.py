@@ -17,10 +17,13 @@ BIN = hf.PACKAGED_BIN
 
 SHIPPED = {
     f"udev-rules/{hf.RULE_NAME}": hf.udev_rule(BIN),
-    "hooks/nm-dispatcher": hf.wrapper(BIN, "nm-dispatcher", "NetworkManager dispatcher"),
-    "hooks/libvirt-qemu": hf.libvirt_hook_wrapper(BIN),
+    "hooks/nm-dispatcher": hf.nm_dispatcher_script(BIN),
+    "hooks/libvirt-network": hf.libvirt_network_hook(hf.PACKAGED_PYTHON),
+    "hooks/libvirt-qemu": hf.libvirt_qemu_hook(hf.PACKAGED_PYTHON),
     f"packaging/systemd/{hf.WORKER_UNIT}": hf.worker_unit(BIN),
     f"packaging/systemd/{hf.RECONCILE_UNIT}": hf.reconcile_unit(BIN),
+    f"packaging/systemd/{hf.RECONCILE_TIMER}": hf.reconcile_timer(),
+    "packaging/systemd/macvtap-hook-libvirtd.conf": hf.libvirtd_dropin(),
 }
 
 
@@ -45,12 +48,14 @@ def test_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
     for name, text in (
         (hf.WORKER_UNIT, hf.worker_unit("/bin/true")),
         (hf.RECONCILE_UNIT, hf.reconcile_unit("/bin/true")),
+        (hf.RECONCILE_TIMER, hf.reconcile_timer()),
     ):
         (tmp_path / name).write_text(text)
     inst = tmp_path / "macvtap-hook@42.service"
     inst.symlink_to(tmp_path / hf.WORKER_UNIT)
+    units = [str(tmp_path / hf.RECONCILE_UNIT), str(tmp_path / hf.RECONCILE_TIMER), str(inst)]
     done = subprocess.run(
-        ["systemd-analyze", "verify", "--man=no", str(tmp_path / hf.RECONCILE_UNIT), str(inst)],
+        ["systemd-analyze", "verify", "--man=no", *units],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     problems = [
@@ -77,3 +82,52 @@ def test_safe_paths(path: str) -> None:
 @pytest.mark.parametrize("path", ["relative/x", "/a b/x", "/a%k/x", "/a$x", '/a"b', "/a\nb"])
 def test_unsafe_paths(path: str) -> None:
     assert not hf.safe_path(path)
+
+
+def run_hook(hook: Path, *args: str, stdin: str = "<domain/>") -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(hook), *args], input=stdin, capture_output=True, text=True, check=False, timeout=30)
+
+
+def test_libvirt_hook_exits_0_silently_when_the_tool_is_gone(tmp_path: Path) -> None:
+    """A conffile left behind after the package is removed must not stop guests."""
+    for python in ("/nonexistent/python3", "/bin/false"):
+        hook = tmp_path / "hook"
+        hook.write_text(hf.libvirt_qemu_hook(python))
+        hook.chmod(0o755)
+        done = run_hook(hook, "web1", "prepare", "begin", "-")
+        assert (done.returncode, done.stdout, done.stderr) == (0, "", ""), python
+
+
+def test_libvirt_hook_runs_the_module_with_the_interpreter(tmp_path: Path) -> None:
+    """It runs nothing but the interpreter, isolated (-I: the current folder is
+    not on the import path), and hands libvirt's arguments and stdin through."""
+    fake = tmp_path / "python"
+    fake.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {tmp_path}/argv; cat > {tmp_path}/stdin; echo noise; exit 3\n')
+    fake.chmod(0o755)
+    hook = tmp_path / "hook"
+    hook.write_text(hf.libvirt_qemu_hook(str(fake)))
+    hook.chmod(0o755)
+    done = run_hook(hook, "web 1", "release", "end", "-", stdin="<domain><uuid>u</uuid></domain>")
+    assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
+    assert (tmp_path / "argv").read_text().splitlines() == [
+        "-I",
+        "-m",
+        "macvtap_hook",
+        "libvirt-hook",
+        "web 1",
+        "release",
+        "end",
+        "-",
+    ]
+    assert (tmp_path / "stdin").read_text() == "<domain><uuid>u</uuid></domain>"
+
+
+def test_packaged_hooks_run_only_what_libvirtd_apparmor_profile_allows() -> None:
+    from macvtap_hook.installer import apparmor_allows
+
+    for rel in ("hooks/libvirt-qemu",):
+        words = {w for line in (REPO / rel).read_text().splitlines() if not line.startswith("#") for w in line.split()}
+        programs = {w for w in words if w.startswith("/") and w != "/dev/null"}
+        assert programs == {hf.PACKAGED_PYTHON}
+        assert all(p.startswith(("/usr/bin/", "/usr/sbin/")) for p in programs)
+    assert apparmor_allows("/usr/bin/true") and not apparmor_allows("/opt/x/bin/true")

@@ -13,13 +13,16 @@ from macvtap_hook.errors import UsageError
 from macvtap_hook.installer import Installer, Layout
 
 BIN = "/opt/mh/bin/macvtap-hook"
+PYTHON = "/opt/mh/bin/python3"
 
 
 def staged(tmp_path: Path, **kw: object) -> Installer:
     (tmp_path / "etc/NetworkManager/dispatcher.d").mkdir(parents=True, exist_ok=True)
     (tmp_path / "etc/libvirt").mkdir(parents=True, exist_ok=True)
     cfg = Config(state_dir=tmp_path / "state", run_dir=tmp_path / "run")
-    return Installer(cfg, Layout(root=tmp_path, runtime=bool(kw.pop("runtime", False))), binary=BIN, **kw)  # type: ignore[arg-type]
+    return Installer(
+        cfg, Layout(root=tmp_path, runtime=bool(kw.pop("runtime", False))), binary=BIN, python=PYTHON, **kw
+    )  # type: ignore[arg-type]
 
 
 def tree(root: Path) -> dict[str, str]:
@@ -33,21 +36,52 @@ def tree(root: Path) -> dict[str, str]:
     return out
 
 
-def test_install_puts_every_file_in_place_and_is_idempotent(tmp_path: Path) -> None:
+def test_install_puts_every_file_in_place_and_is_idempotent(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     first = staged(tmp_path).install()
     files = tree(tmp_path)
     rule = files["etc/udev/rules.d/90-macvtap-hook.rules"]
     assert rule == hf.udev_rule(BIN) and f'RUN+="{BIN} udev"' in rule
-    assert files["etc/systemd/system/macvtap-hook@.service"] == hf.worker_unit(BIN)
-    assert files["etc/systemd/system/macvtap-hook-reconcile.service"] == hf.reconcile_unit(BIN)
+    units = "etc/systemd/system"
+    assert files[f"{units}/macvtap-hook@.service"] == hf.worker_unit(BIN)
+    assert files[f"{units}/macvtap-hook-reconcile.service"] == hf.reconcile_unit(BIN)
+    assert files[f"{units}/macvtap-hook-reconcile.timer"] == hf.reconcile_timer()
+    for daemon in ("libvirtd", "virtqemud"):
+        assert files[f"{units}/{daemon}.service.d/macvtap-hook.conf"] == hf.libvirtd_dropin()
     nm = tmp_path / "etc/NetworkManager/dispatcher.d/90-macvtap-hook"
     hook = tmp_path / "etc/libvirt/hooks/qemu.d/macvtap-hook"
-    assert nm.is_symlink() and hook.is_symlink()
-    assert Path(os.readlink(nm)).read_text() == hf.wrapper(BIN, "nm-dispatcher", "NetworkManager dispatcher")
-    assert os.access(os.readlink(nm), os.X_OK)
-    assert first
+    # Regular files: libvirtd's AppArmor profile resolves symlinks before it allows a hook.
+    assert not nm.is_symlink() and not hook.is_symlink()
+    assert nm.read_text() == hf.nm_dispatcher_script(BIN)
+    assert hook.read_text() == hf.libvirt_qemu_hook(PYTHON)
+    assert os.access(nm, os.X_OK) and os.access(hook, os.X_OK)
+    net_hook = tmp_path / "etc/libvirt/hooks/network.d/macvtap-hook"
+    assert not net_hook.is_symlink() and net_hook.read_text() == hf.libvirt_network_hook(PYTHON)
+    assert os.access(net_hook, os.X_OK)
+    said = capsys.readouterr().out.splitlines()
+    assert first and said == first, "install prints each action"
+    assert sorted(a.removeprefix("write ") for a in first if a.startswith("write ")) == sorted(
+        str(tmp_path / rel) for rel in files
+    )
     assert staged(tmp_path).install() == [], "second run changes nothing"
     assert tree(tmp_path) == files
+
+
+def test_install_replaces_an_older_install_links_and_wrappers(tmp_path: Path) -> None:
+    """Installs before 0.2 linked the hooks to wrappers in the prefix and enabled the reconcile unit."""
+    lay = Layout(root=tmp_path, runtime=False)
+    wrapper = lay.libexec_dir / "libvirt-qemu"
+    wrapper.parent.mkdir(parents=True)
+    wrapper.write_text(f"#!/bin/sh\n# {hf.MARKER}: old\n")
+    hook = tmp_path / "etc/libvirt/hooks/qemu.d/macvtap-hook"
+    hook.parent.mkdir(parents=True)
+    hook.symlink_to(wrapper)
+    wants = tmp_path / "etc/systemd/system/libvirtd.service.wants/macvtap-hook-reconcile.service"
+    wants.parent.mkdir(parents=True)
+    wants.symlink_to("/etc/systemd/system/macvtap-hook-reconcile.service")
+    staged(tmp_path).install()
+    assert not hook.is_symlink() and hook.read_text() == hf.libvirt_qemu_hook(PYTHON)
+    assert not wrapper.exists() and not lay.libexec_dir.exists()
+    assert not wants.is_symlink()
 
 
 def test_runtime_rules_go_to_run(tmp_path: Path) -> None:
@@ -63,13 +97,21 @@ def test_dry_run_writes_nothing(tmp_path: Path) -> None:
     assert tree(tmp_path) == before
 
 
-def test_uninstall_removes_only_ours(tmp_path: Path) -> None:
+def test_uninstall_removes_only_ours_and_says_each(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     staged(tmp_path).install()
+    installed = {k for k in tree(tmp_path)}
     foreign = tmp_path / "etc/udev/rules.d/80-other.rules"
     foreign.write_text("# someone else's\n")
-    staged(tmp_path).uninstall()
+    capsys.readouterr()
+    actions = staged(tmp_path).uninstall()
+    assert capsys.readouterr().out.splitlines() == actions
+    assert sorted(actions) == sorted(f"remove {tmp_path / rel}" for rel in installed)
     left = {k for k, v in tree(tmp_path).items()}
     assert left == {"etc/udev/rules.d/80-other.rules"}
+    # Folders that were there (or that others use) stay, even empty; only our drop-in folders go.
+    for folder in ("etc/NetworkManager/dispatcher.d", "etc/libvirt/hooks/qemu.d", "etc/systemd/system"):
+        assert (tmp_path / folder).is_dir(), folder
+    assert not (tmp_path / "etc/systemd/system/libvirtd.service.d").exists()
     assert staged(tmp_path).uninstall() == []
 
 
@@ -81,15 +123,36 @@ def test_uninstall_leaves_a_file_it_did_not_write(tmp_path: Path) -> None:
     assert rule.exists()
 
 
-def test_refuses_to_replace_a_foreign_file_with_a_link(tmp_path: Path) -> None:
+def test_refuses_to_replace_a_foreign_file(tmp_path: Path) -> None:
     nm = tmp_path / "etc/NetworkManager/dispatcher.d/90-macvtap-hook"
     nm.parent.mkdir(parents=True)
     nm.write_text("#!/bin/sh\n")
     with pytest.raises(UsageError):
         staged(tmp_path).install()
+    assert nm.read_text() == "#!/bin/sh\n"
 
 
 @pytest.mark.parametrize("binary", ["/opt/my venv/bin/macvtap-hook", "/opt/%k/macvtap-hook", "relative"])
 def test_entry_point_udev_would_mangle_is_refused(tmp_path: Path, binary: str) -> None:
     with pytest.raises(UsageError):
         Installer(Config(), Layout(root=tmp_path, runtime=False), binary=binary)
+
+
+def test_interpreter_sh_would_split_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(UsageError):
+        Installer(Config(), Layout(root=tmp_path, runtime=False), binary=BIN, python="/opt/my venv/bin/python3")
+
+
+def test_warns_when_apparmor_would_not_let_libvirtd_run_the_interpreter(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    profile = tmp_path / "etc/apparmor.d/usr.sbin.libvirtd"
+    profile.parent.mkdir(parents=True)
+    profile.write_text("profile libvirtd {}\n")
+    staged(tmp_path).install()
+    assert "AppArmor" in caplog.text and PYTHON in caplog.text
+    caplog.clear()
+    (tmp_path / "b/etc/apparmor.d").mkdir(parents=True)
+    (tmp_path / "b/etc/apparmor.d/usr.sbin.libvirtd").write_text("")
+    Installer(Config(), Layout(root=tmp_path / "b", runtime=False), binary=BIN, python="/usr/bin/python3").install()
+    assert "AppArmor" not in caplog.text

@@ -8,6 +8,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from macvtap_hook import nicxml
+from macvtap_hook.bridgeports import vlan_entries
 from macvtap_hook.model import ParkedNic
 from tests.conftest import INPUTS
 
@@ -86,3 +87,62 @@ def test_pool_members() -> None:
 def test_bad_domain_xml_is_an_error(bad: str) -> None:
     with pytest.raises(nicxml.XmlError):
         nicxml.parse_domain(bad, "x")
+
+
+def test_bridge_nics_and_their_port_settings() -> None:
+    xml = """<domain id='4'><name>d</name><uuid>u</uuid><devices>
+      <interface type='bridge'><mac address='52:54:00:00:00:01'/><source bridge='br0'/>
+        <vlan trunk='yes'><tag id='42' nativeMode='untagged'/><tag id='47'/><tag id='9999'/></vlan>
+        <target dev='vnet3'/><model type='virtio'/><mtu size='1400'/><port isolated='yes'/>
+        <link state='down'/><alias name='net0'/></interface>
+      <interface type='network'><mac address='52:54:00:00:00:02'/>
+        <source network='default' portid='0c4f' bridge='virbr0'/><target dev='vnet4'/></interface>
+      <interface type='bridge'><mac address='52:54:00:00:00:03'/><source bridge='ovsbr0'/>
+        <virtualport type='openvswitch'><parameters interfaceid='x'/></virtualport>
+        <target dev='vnet5'/></interface>
+      <interface type='bridge'><mac address='52:54:00:00:00:04'/><source bridge='br0'/></interface>
+      <interface type='direct'><mac address='52:54:00:00:00:05'/><source network='pool' dev='eth0' mode='bridge'/>
+        <target dev='macvtap0'/></interface>
+    </devices></domain>"""
+    view = nicxml.parse_domain(xml, "qemu:///system")
+    assert [n.mac for n in view.nics] == ["52:54:00:00:00:05"]
+    first, net, ovs, unplugged = view.bridge_nics
+    assert (first.bridge, first.tap, first.mtu, first.isolated, first.trunk) == ("br0", "vnet3", 1400, True, True)
+    assert [(t.id, t.native) for t in first.vlan] == [(42, "untagged"), (47, None)], "4095 and up are no VLAN"
+    assert (net.bridge, net.tap, net.network, net.isolated, net.vlan) == ("virbr0", "vnet4", "default", False, ())
+    assert ovs.virtualport == "openvswitch"
+    assert (unplugged.bridge, unplugged.tap) == ("br0", None), "no target yet: libvirt is setting it up"
+
+
+BRIDGED = sorted((INPUTS / "libvirt").glob("bridge-*.xml"))
+
+
+@pytest.mark.parametrize("path", BRIDGED, ids=lambda p: p.stem)
+def test_bridge_nics_of_real_captures(path, golden) -> None:  # type: ignore[no-untyped-def]
+    """Live XML of guests on Linux bridges and on a libvirt bridge network."""
+    view = nicxml.parse_domain(path.read_text(), "qemu:///system")
+    assert view.bridge_nics, "every capture has bridge NICs"
+    summary = [
+        {**{k: getattr(n, k) for k in ("mac", "bridge", "tap", "network", "mtu", "isolated", "trunk")},
+         "vlan": [[t.id, t.native] for t in n.vlan], "entries": [list(e) for e in vlan_entries(n)]}
+        for n in view.bridge_nics
+    ]  # fmt: skip
+    golden(f"{path.stem}.bridge_nics.json", json.dumps(summary, indent=2) + "\n")
+
+
+def test_pool_connections_and_placeholder_ports() -> None:
+    live = (
+        "<network connections='3'><name>pool</name><forward mode='vepa'>"
+        "<interface dev='eth1' connections='2'/><interface dev='eth2'/></forward></network>"
+    )
+    assert nicxml.pool_connections(live) == ("vepa", {"eth1": 2, "eth2": 0})
+    port = ET.fromstring(nicxml.placeholder_port_xml("eth2", "vepa"))
+    assert port.find("plug").attrib == {"type": "direct", "dev": "eth2", "mode": "vepa"}  # type: ignore[union-attr]
+    assert port.findtext("uuid") and port.findtext("owner/uuid"), "libvirt 9 refuses a port without them"
+    assert nicxml.is_placeholder_port(nicxml.placeholder_port_xml("eth2", "vepa"))
+    guest_port = (
+        "<networkport><owner><name>web1</name><uuid>u</uuid></owner><mac address='52:54:00:00:00:01'/></networkport>"
+    )
+    assert not nicxml.is_placeholder_port(guest_port)
+    assert nicxml.network_of("<interface type='network'><source network='pool'/></interface>") == "pool"
+    assert nicxml.network_of("<interface type='direct'><source dev='eth1'/></interface>") is None

@@ -58,7 +58,7 @@ def test_concurrent_events_coalesce(tmp_path: Path) -> None:
 def test_lock_timeout_keeps_the_hint(tmp_path: Path) -> None:
     env = config(tmp_path, "lock_timeout = 0.3\n")
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import filelock,sys,time; l=filelock.FileLock(sys.argv[1]); l.acquire(); time.sleep(5)",
+        [sys.executable, "-c", "import fcntl,sys,time; f=open(sys.argv[1],'a'); fcntl.flock(f,2); time.sleep(5)",
          str(tmp_path / "run" / "lock")],
     )  # fmt: skip
     (tmp_path / "run").mkdir(mode=0o700, exist_ok=True)
@@ -134,3 +134,21 @@ def test_systemd_handoff_failure_falls_back_to_inline(tmp_path: Path, fake_syste
     assert "running inline" in done.stderr
     assert done.returncode == 5, "inline run tried libvirt"
     assert len(list((tmp_path / "run" / "hints").iterdir())) == 1, "one event, one kept hint"
+
+
+def test_while_libvirt_is_down_the_hints_that_identify_removed_hardware_are_kept(tmp_path: Path) -> None:
+    env = config(tmp_path, 'uris = ["qemu+unix:///system?socket=/nonexistent/sock"]\n')
+    hints = tmp_path / "run" / "hints"
+    usb = {"ID_PATH": "pci-0000:00:14.0-usb-0:2:1.0", "ID_NET_NAME_MAC": "enx00e04c680001"}
+    events = [
+        {"INTERFACE": "veth1", "ID_NET_DRIVER": "veth"},
+        {"INTERFACE": "enx00e04c680001", "IFINDEX": "5", **usb},
+        {"INTERFACE": "veth2", "ID_NET_DRIVER": "veth"},
+    ]
+    for event in events:
+        ev = dict(env, ACTION="remove", SUBSYSTEM="net", **event)
+        done = subprocess.run([sys.executable, "-m", "macvtap_hook", "udev"], env=ev, capture_output=True, check=False)
+        assert done.returncode == 5, done.stderr
+    kept = [json.loads(p.read_text()) for p in sorted(hints.iterdir())]
+    assert len(kept) == 2, "one hint to wake the next run, and the one only it knows a removed NIC's identity by"
+    assert kept[1]["udev"]["ID_PATH"] == usb["ID_PATH"] and kept[1]["ifindex"] == 5

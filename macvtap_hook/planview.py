@@ -1,0 +1,84 @@
+"""A plan in words, for `reconcile --dry-run`.
+
+One describer per kind of action in the Plan; a new kind of action (bridge
+taps) adds its describer to DESCRIBERS. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from macvtap_hook.model import DomainRef
+from macvtap_hook.planner import Plan
+
+
+def _nic(ref: DomainRef, mac: str) -> str:
+    return f"NIC {mac} of domain {ref.name}"
+
+
+def _forget(todo: Plan) -> Iterable[str]:
+    for f in todo.forget:
+        yield f"forget: parked {_nic(f.record.domain, f.record.mac)} (uplink {f.record.uplink}): {f.reason}"
+
+
+def _resync(todo: Plan) -> Iterable[str]:
+    for rec in todo.resync:
+        yield f"record: {_nic(rec.domain, rec.mac)} ({rec.state}) in the state file and the domain's metadata"
+
+
+def _park(todo: Plan) -> Iterable[str]:
+    for p in todo.park:
+        uplink = p.nic.source_dev or p.nic.network
+        if p.previous is not None and p.previous.state == "stuck":
+            yield f"retry: stuck {_nic(p.domain, p.nic.mac)}: ask the guest again to release it (uplink {uplink})"
+        elif p.reattach:
+            yield (
+                f"repair: {_nic(p.domain, p.nic.mac)}: its macvtap died although uplink {uplink} is back "
+                "(detach, then re-attach)"
+            )
+        else:
+            waits = " or ".join(p.candidates) or "its uplink"
+            yield f"park: {_nic(p.domain, p.nic.mac)}: uplink {uplink} is gone (detach, then wait for {waits})"
+
+
+def _attach(todo: Plan) -> Iterable[str]:
+    for a in todo.attach:
+        rec = a.record
+        if rec.network:
+            via = f"through network {rec.network}"
+        elif a.dev:
+            via = f"on {a.dev}, which is its uplink {rec.uplink} under another name ({a.why})"
+        else:
+            via = f"on {rec.uplink}"
+        yield f"re-attach: {_nic(rec.domain, rec.mac)} {via}"
+
+
+def _enslave(todo: Plan) -> Iterable[str]:
+    for e in todo.enslave:
+        moved = f" (move it from {e.moved_from})" if e.moved_from else ""
+        yield f"put back: tap {e.tap} of {_nic(e.domain, e.mac)} on bridge {e.bridge}{moved}"
+
+
+def _waiting(todo: Plan) -> Iterable[str]:
+    for rec in todo.waiting:
+        if rec.state == "stuck":
+            yield f"leave: {_nic(rec.domain, rec.mac)} is stuck ({rec.last_error or 'the guest did not release it'})"
+        else:
+            yield f"leave: {_nic(rec.domain, rec.mac)} is {rec.state}, waiting for {rec.waits_for}"
+
+
+def _ambiguous(todo: Plan) -> Iterable[str]:
+    for rec, names in todo.ambiguous:
+        yield f"leave: {_nic(rec.domain, rec.mac)} waits for {rec.uplink}: {', '.join(names)} all look like it"
+
+
+Describer = Callable[[Plan], Iterable[str]]
+# In the order the engine carries the actions out.
+DESCRIBERS: list[Describer] = [_forget, _resync, _park, _attach, _enslave, _waiting, _ambiguous]
+
+
+def describe(todo: Plan) -> list[str]:
+    lines = [line for describer in DESCRIBERS for line in describer(todo)]
+    if todo.empty:
+        lines.append("nothing to do")
+    return lines

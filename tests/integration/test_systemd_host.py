@@ -1,0 +1,491 @@
+"""Issue 6 on the real stack, the way the tool ships: a Debian host booted
+with systemd (tests/testbed/systemd_host.py: systemd as PID 1 of its own PID
+and mount namespace, its own systemd-udevd and dbus, Debian's
+libvirt-daemon-system), the tool installed there from its .deb by apt with its
+configuration left at the defaults (hand-off ``auto``: udev -> ``systemctl
+--no-block start macvtap-hook@SEQNUM.service`` -> ``drain``), and
+NetworkManager 1.42 running under the same systemd.
+
+The .deb is built by ``packaging/build-deb`` (or taken from
+``$MACVTAP_TEST_DEB``). Every test ends with no failed unit and no error line
+of the tool in the journal; the last one purges the package and checks that
+nothing of it is left.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.conftest import PREFIX, TESTBED_DIR
+
+pytestmark = pytest.mark.integration
+
+if str(TESTBED_DIR) not in sys.path:
+    sys.path.insert(0, str(TESTBED_DIR))
+import systemd_host as sh  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+PKG = "macvtap-hook"
+SUB = f"{PREFIX}s"  # links, namespaces and domains of these tests (NetworkManager manages PREFIX*)
+CONFIG = Path("/etc/macvtap-hook/config.toml")
+LIBVIRT_UNITS = ("libvirtd.socket", "libvirtd-ro.socket", "libvirtd-admin.socket", "virtlogd.socket")
+INSTALLED: list[str] = []  # `dpkg -L` of the package right after its install
+BEFORE: dict[str, bool] = {}  # what existed before the install (other tests make /etc/macvtap-hook)
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def deb() -> Path:
+    """The package under test, built from this checkout."""
+    given = os.environ.get("MACVTAP_TEST_DEB")
+    if given:
+        return Path(given)
+    out = sh.WORK_ROOT / "deb"
+    sh.remove_tree(out)
+    out.mkdir(parents=True)
+    build = REPO / "packaging" / "build-deb"
+    if not build.is_file():
+        pytest.fail(f"{build} is missing: nothing builds the package")
+    done = subprocess.run(["bash", str(build), str(out)], capture_output=True, text=True, timeout=1800, check=False)
+    if done.returncode != 0:
+        pytest.fail(f"packaging/build-deb exited {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    path = Path(done.stdout.strip().splitlines()[-1])
+    assert path.is_file() and path.name.startswith(f"{PKG}_") and path.suffix == ".deb", done.stdout[-2000:]
+    return path
+
+
+def _installed_on_machine() -> bool:
+    done = subprocess.run(
+        ["dpkg-query", "-W", "-f=${db:Status-Status}", PKG], capture_output=True, text=True, check=False
+    )
+    return done.stdout.strip() in ("installed", "config-files", "half-installed", "unpacked", "half-configured")
+
+
+def _purge(host: sh.SystemdHost) -> None:
+    """Purge the package: inside while the host lives (its maintainer scripts
+    talk to that systemd), else on the machine (no systemd there: they do nothing)."""
+    if not _installed_on_machine():
+        return
+    if host.pid:
+        host.run("dpkg", "--purge", PKG, check=False, timeout=300)
+    if _installed_on_machine():
+        subprocess.run(["dpkg", "--purge", PKG], capture_output=True, check=False, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def host(harness: Any, deb: Path) -> Iterator[sh.SystemdHost]:
+    """The systemd host, Debian's libvirtd running in it, the package installed
+    by apt; torn down (package purged, namespace killed, machine daemons back)
+    also when a test fails."""
+    if CONFIG.exists():
+        pytest.fail(f"{CONFIG} exists: the package must run with its defaults (a test left it?)")
+    if _installed_on_machine():
+        pytest.fail(f"{PKG} is already installed on this machine")
+    for tool in ("/usr/bin/unshare", "/usr/bin/nsenter", "/lib/systemd/systemd", "/usr/sbin/libvirtd",
+                 "/usr/sbin/NetworkManager", "/usr/bin/nmcli"):  # fmt: skip
+        if not os.access(tool, os.X_OK):
+            pytest.fail(f"{tool} is missing: run tests/testbed/setup")
+    BEFORE["etc"] = CONFIG.parent.exists()
+    box = sh.SystemdHost()
+    problems: list[str] = []
+    try:
+        box.boot()
+        box.systemctl("start", *LIBVIRT_UNITS, "libvirtd.service")
+        _wait_libvirt(box)
+        done = box.run(
+            "apt-get", "install", "-y", "--no-install-recommends", "-o", "DPkg::Lock::Timeout=600", str(deb),
+            check=False, timeout=600,
+        )  # fmt: skip
+        assert done.returncode == 0, f"apt-get install {deb} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+        INSTALLED[:] = box.run("dpkg", "-L", PKG).stdout.splitlines()
+        assert not CONFIG.exists(), "the package must not write a configuration"
+        yield box
+    finally:
+        try:
+            with contextlib.suppress(Exception):
+                if box.pid:
+                    harness.cleanup(SUB, harness.connect(box.uri))
+            _purge(box)
+        finally:
+            problems = box.close()
+            harness.cleanup(SUB, None)
+            sh.remove_tree(sh.WORK_ROOT / "guests")
+    assert not problems, problems
+    assert not _installed_on_machine(), f"{PKG} is still installed"
+
+
+def _wait_libvirt(box: sh.SystemdHost, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while box.run("virsh", "-c", "qemu:///system", "version", check=False).returncode != 0:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the inner libvirtd does not answer:\n{box.failed_report()}")
+        time.sleep(0.3)
+
+
+@pytest.fixture
+def bed(harness: Any, host: sh.SystemdHost, request: pytest.FixtureRequest) -> Iterator[Any]:
+    """A test bed on the inner libvirtd; after the test: everything of it removed,
+    then no failed unit and no error line of the tool in the journal (no false alarms)."""
+    workdir = sh.WORK_ROOT / "guests" / request.node.name.replace("/", "_")
+    sh.remove_tree(workdir)
+    workdir.mkdir(parents=True)  # outside /tmp: the inner /tmp is private
+    cursor = host_cursor(host)
+    tb = harness.Testbed(prefix=SUB, conn=harness.connect(host.uri), workdir=workdir)
+    tb.host = host
+    tb.cursor = cursor
+    try:
+        yield tb
+    finally:
+        with contextlib.suppress(Exception):
+            tb.close()
+            tb.conn.close()
+        sh.remove_tree(workdir)
+    settle(host)
+    print(f"systemctl --failed after the test:\n{host.systemctl('--failed', '--no-pager', check=False).stdout}")
+    failed = host.failed_units()
+    assert not failed, f"failed units after the test:\n{host.failed_report()}"
+    errors = tool_errors(host, cursor)
+    assert not errors, "error-level lines of the tool in the journal:\n" + "\n".join(errors)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def host_cursor(host: sh.SystemdHost) -> str:
+    out = host.run("journalctl", "-n", "0", "--show-cursor", "--no-pager").stdout
+    return out.strip().rsplit("-- cursor: ", 1)[-1].strip()
+
+
+def journal_since(host: sh.SystemdHost, cursor: str, *args: str) -> list[dict[str, Any]]:
+    out = host.run("journalctl", "--no-pager", "-o", "json", f"--after-cursor={cursor}", *args).stdout
+    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+
+def _ours(entry: dict[str, Any]) -> bool:
+    fields = (entry.get("SYSLOG_IDENTIFIER"), entry.get("_SYSTEMD_UNIT"), entry.get("UNIT"))
+    return any(str(f or "").startswith(PKG) for f in fields)
+
+
+def tool_errors(host: sh.SystemdHost, cursor: str) -> list[str]:
+    """Error-priority (0-3) lines written by the tool or by systemd about its units."""
+    return [
+        f"{e.get('SYSLOG_IDENTIFIER')}: {e.get('MESSAGE')}"
+        for e in journal_since(host, cursor, "-p", "err")
+        if _ours(e)
+    ]
+
+
+def unit_lines(host: sh.SystemdHost, cursor: str, pattern: str) -> list[str]:
+    return [
+        f"{e.get('_SYSTEMD_UNIT') or e.get('UNIT')} {e.get('SYSLOG_IDENTIFIER')}: {e.get('MESSAGE')}"
+        for e in journal_since(host, cursor, "-u", pattern)
+    ]
+
+
+def worker_instances(host: sh.SystemdHost, cursor: str) -> set[str]:
+    """The macvtap-hook@ units in which the tool itself logged a line."""
+    return {
+        str(e.get("_SYSTEMD_UNIT"))
+        for e in journal_since(host, cursor, "-u", f"{PKG}@*")
+        if e.get("SYSLOG_IDENTIFIER") == PKG and str(e.get("_SYSTEMD_UNIT", "")).startswith(f"{PKG}@")
+    }
+
+
+def settle(host: sh.SystemdHost) -> None:
+    """udev has run every rule, and every macvtap-hook unit it started has finished."""
+    host.run("udevadm", "settle", "--timeout=120", timeout=150)
+    host.wait_units_idle(f"{PKG}*.service", timeout=180)
+
+
+def status(host: sh.SystemdHost) -> dict[str, Any]:
+    body: dict[str, Any] = json.loads(host.run(PKG, "status", "--json").stdout)
+    return body
+
+
+def booted(harness: Any, bed: Any, index: int = 0) -> tuple[Any, Any, Any]:
+    up = harness.Uplink.make(index, SUB)
+    nic = harness.Nic.direct(up, 10)
+    guest = bed.guest([nic])
+    guest.wait_for_ping(nic.mac, timeout=90)
+    return up, nic, guest
+
+
+def alive_macvtap(harness: Any, guest: Any, mac: str, uplink: str) -> str | None:
+    """The NIC's macvtap if the live XML names one that exists on *uplink* with its MAC."""
+    tap = guest.macvtap_of(mac)
+    info = harness.link_info(tap) if tap else []
+    if not info:
+        return None
+    link = info[0]
+    if link.get("linkinfo", {}).get("info_kind") != "macvtap" or link.get("address") != mac:
+        return None
+    return str(tap) if link.get("link") == uplink else None
+
+
+def wait_alive(harness: Any, guest: Any, mac: str, uplink: str, timeout: float = 60) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        tap = alive_macvtap(harness, guest, mac, uplink)
+        if tap:
+            return tap
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{mac} has no live macvtap on {uplink} after {timeout} s:\n{guest.live_xml()}")
+        time.sleep(0.02)
+
+
+def wait_for(cond: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def nic_count(harness: Any, guest: Any, mac: str) -> int:
+    root = harness.ET.fromstring(guest.live_xml())
+    return [m.get("address") for m in root.iterfind("devices/interface/mac")].count(mac)
+
+
+def reconnect(harness: Any, bed: Any, host: sh.SystemdHost) -> None:
+    bed.conn = harness.connect(host.uri)
+    for guest in bed.guests:
+        guest.conn = bed.conn
+        guest.dom = bed.conn.lookupByUUIDString(guest.uuid)
+
+
+# --------------------------------------------------------------------------- tests
+
+
+def test_package_set_up_as_on_a_host(host) -> None:  # type: ignore[no-untyped-def]
+    """What apt's maintainer scripts did under systemd: the timer enabled and
+    waiting, the reconcile unit wanted by libvirtd (drop-in), the qemu hook a
+    regular file (libvirtd's AppArmor profile resolves symlinks)."""
+    timer = f"{PKG}-reconcile.timer"
+    assert host.systemctl("is-enabled", timer, check=False).stdout.strip() == "enabled"
+    assert host.systemctl("is-active", timer, check=False).stdout.strip() == "active"
+    wants = host.systemctl("show", "-p", "Wants", "--value", "libvirtd.service").stdout.split()
+    assert f"{PKG}-reconcile.service" in wants, wants
+    hook = Path("/etc/libvirt/hooks/qemu.d/macvtap-hook")
+    assert hook.is_file() and not hook.is_symlink() and os.access(hook, os.X_OK)
+    assert not CONFIG.exists() and not (host.root / "etc/macvtap-hook/config.toml").exists()
+
+
+def test_udev_hands_off_to_worker_units_park_and_reattach(harness, host, bed, timings) -> None:  # type: ignore[no-untyped-def]
+    """(a) and (d): udev -> macvtap-hook@SEQNUM.service -> drain parks the NIC and re-attaches it."""
+    up, nic, guest = booted(harness, bed)
+    old_tap = guest.macvtap_of(nic.mac)
+    up.delete()
+    settle(host)
+    guest.wait_nic_gone(nic.mac, timeout=30)
+    (parked,) = status(host)["parked"]
+    assert (parked["mac"], parked["uplink"], parked["state"]) == (nic.mac, up.name, "parked")
+
+    pos = guest.console_position()
+    start = time.monotonic()
+    up.recreate()
+    tap = wait_alive(harness, guest, nic.mac, up.name)
+    timings["systemd path: uplink back -> NIC attached"] = time.monotonic() - start
+    guest.wait_for_ping(nic.mac, after_line=pos, timeout=30)
+    timings["systemd path: uplink back -> guest pings"] = time.monotonic() - start
+    settle(host)
+    assert tap != old_tap
+    assert nic_count(harness, guest, nic.mac) == 1
+    assert status(host)["parked"] == []
+
+    lines = unit_lines(host, bed.cursor, f"{PKG}@*")
+    print("\n".join(["journal of the hand-off (journalctl -u 'macvtap-hook@*'):", *lines]))
+    text = "\n".join(lines)
+    assert f"parking NIC {nic.mac} of domain {guest.name}: uplink {up.name} is gone" in text, text
+    assert f"re-attached NIC {nic.mac} of domain {guest.name}" in text, text
+    units = worker_instances(host, bed.cursor)
+    assert units and all(u and u.startswith(f"{PKG}@") and u.endswith(".service") for u in units), units
+    assert all(u.split("@")[1].split(".")[0].isdigit() for u in units), f"one instance per udev SEQNUM: {units}"
+
+
+def test_libvirtd_stopped_while_uplink_goes_and_comes(harness, host, bed, timings) -> None:  # type: ignore[no-untyped-def]
+    """(b): events while libvirtd (service and sockets) is stopped are kept,
+    no unit fails, and the reconcile unit run when libvirtd starts repairs the NIC."""
+    up, nic, guest = booted(harness, bed)
+    old_tap = guest.macvtap_of(nic.mac)
+    bed.conn.close()
+    host.systemctl("stop", *LIBVIRT_UNITS[:3], "libvirtd.service")
+    try:
+        assert host.systemctl("is-active", "libvirtd.service", check=False).stdout.strip() != "active"
+        up.delete()
+        settle(host)
+        up.recreate()
+        settle(host)
+        assert host.failed_units() == [], host.failed_report()
+        assert status(host)["pending_events"] >= 1, "the events were kept"
+        assert old_tap is not None and not harness.link_info(old_tap), "the old macvtap died with its uplink"
+        cursor = host_cursor(host)
+    finally:
+        host.systemctl("start", *LIBVIRT_UNITS[:3], "libvirtd.service")
+    settle(host)
+    ran = unit_lines(host, cursor, f"{PKG}-reconcile.service")
+    assert any("repairing" in line or "parking" in line for line in ran), "\n".join(ran)
+    reconnect(harness, bed, host)
+    pos = guest.console_position()
+    wait_alive(harness, guest, nic.mac, up.name, timeout=30)
+    guest.wait_for_ping(nic.mac, after_line=pos, timeout=30)
+    assert nic_count(harness, guest, nic.mac) == 1
+    after = status(host)
+    assert (after["parked"], after["pending_events"]) == ([], 0)
+
+
+def test_storm_of_15_flaps_converges_to_one_live_nic(harness, host, bed, timings) -> None:  # type: ignore[no-untyped-def]
+    """(c): the uplink deleted and re-created 15 times quickly: one NIC, alive, pinging."""
+    up, nic, guest = booted(harness, bed)
+    start = time.monotonic()
+    for _ in range(15):
+        up.delete()
+        up.recreate()
+    settle(host)
+    tap = wait_alive(harness, guest, nic.mac, up.name, timeout=60)
+    timings["systemd path: 15 flaps -> NIC alive"] = time.monotonic() - start
+    pos = guest.console_position()
+    guest.wait_for_ping(nic.mac, after_line=pos, timeout=30)
+    assert nic_count(harness, guest, nic.mac) == 1
+    assert alive_macvtap(harness, guest, nic.mac, up.name) == tap
+    body = status(host)
+    assert (body["parked"], body["pending_events"]) == ([], 0)
+    print(f"{len(worker_instances(host, bed.cursor))} macvtap-hook@ instances logged during the storm")
+
+
+NM_CONN, NM_PORT = f"{SUB}-br0", f"{SUB}-port5"
+
+
+def nmcli(host: sh.SystemdHost, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return host.run("nmcli", "--wait", "60", *args, check=check, timeout=90)
+
+
+@pytest.fixture
+def networkmanager(host: sh.SystemdHost) -> Iterator[sh.SystemdHost]:
+    """NetworkManager running, the package's udev rule masked in the inner
+    /run: only NetworkManager's dispatcher can start the tool."""
+    mask = host.root / "run/udev/rules.d/90-macvtap-hook.rules"
+    mask.symlink_to("/dev/null")
+    # NetworkManager's own rule leaves every veth but eth* unmanaged; the test
+    # links are the exception (set before they are created).
+    managed = host.root / "run/udev/rules.d/86-mht-nm-managed.rules"
+    managed.write_text(f'SUBSYSTEM=="net", ENV{{INTERFACE}}=="{PREFIX}*", ENV{{NM_UNMANAGED}}="0"\n')
+    host.run("udevadm", "control", "--reload")
+    try:
+        host.systemctl("start", "NetworkManager.service")
+        deadline = time.monotonic() + 60
+        while nmcli(host, "-t", "-f", "RUNNING", "general", check=False).stdout.strip() != "running":
+            assert time.monotonic() < deadline, host.systemctl("status", "NetworkManager", check=False).stdout
+            time.sleep(0.3)
+        eth0 = nmcli(host, "-t", "-f", "DEVICE,STATE", "device").stdout
+        assert "eth0:unmanaged" in eth0.splitlines(), eth0
+        yield host
+    finally:
+        for name in (NM_PORT, NM_CONN):
+            nmcli(host, "connection", "delete", name, check=False)
+        host.systemctl("stop", "NetworkManager.service", check=False)
+        mask.unlink(missing_ok=True)
+        managed.unlink(missing_ok=True)
+        host.run("udevadm", "control", "--reload", check=False)
+        for keyfile in Path("/etc/NetworkManager/system-connections").glob(f"{SUB}*"):
+            keyfile.unlink()
+
+
+def test_networkmanager_dispatcher_alone_parks_and_reattaches(harness, host, bed, networkmanager, timings) -> None:  # type: ignore[no-untyped-def]
+    """(g): a direct NIC on a NetworkManager bridge that `nmcli con down`/`up`
+    deletes and re-creates; the udev rule is masked, only the dispatcher acts."""
+    resolv = Path("/etc/resolv.conf").read_bytes()
+    port = harness.Uplink.make(5, SUB)  # the bridge's port; its peer answers the guest's pings
+    bridge = f"{SUB}br0"
+    nmcli(host, "connection", "add", "type", "bridge", "ifname", bridge, "con-name", NM_CONN,
+          "autoconnect", "no", "connection.autoconnect-slaves", "yes", "bridge.stp", "no",
+          "ipv4.method", "disabled", "ipv6.method", "disabled")  # fmt: skip
+    nmcli(host, "connection", "add", "type", "ethernet", "ifname", port.name, "con-name", NM_PORT,
+          "autoconnect", "no", "master", bridge, "slave-type", "bridge")  # fmt: skip
+    nmcli(host, "connection", "up", NM_CONN)
+
+    def bridge_ready() -> bool:
+        br, member = harness.link_info(bridge), harness.link_info(port.name)
+        return bool(br and member) and member[0].get("master") == bridge and "UP" in br[0]["flags"]
+
+    wait_for(bridge_ready, 30, f"{bridge} up with {port.name} in it")
+    nic = harness.Nic(mac=harness.mac_for(5, 10), address=port.guest_address(10), peer=port.peer_addr, uplink=bridge)
+    guest = bed.guest([nic])
+    guest.wait_for_ping(nic.mac, timeout=90)
+    wait_alive(harness, guest, nic.mac, bridge)
+
+    nmcli(host, "connection", "down", NM_CONN)
+    wait_for(lambda: not harness.link_info(bridge), 30, "NetworkManager to delete the bridge")
+    guest.wait_nic_gone(nic.mac, timeout=30)
+    settle(host)
+    (parked,) = status(host)["parked"]
+    assert (parked["mac"], parked["uplink"]) == (nic.mac, bridge)
+
+    pos = guest.console_position()
+    start = time.monotonic()
+    nmcli(host, "connection", "up", NM_CONN)
+    wait_alive(harness, guest, nic.mac, bridge, timeout=60)
+    timings["NetworkManager path: `nmcli con up` -> NIC attached"] = time.monotonic() - start
+    guest.wait_for_ping(nic.mac, after_line=pos, timeout=30)
+    timings["NetworkManager path: `nmcli con up` -> guest pings"] = time.monotonic() - start
+    settle(host)
+    assert status(host)["parked"] == []
+    assert nic_count(harness, guest, nic.mac) == 1
+    lines = [
+        f"{e.get('_SYSTEMD_UNIT')} {e.get('SYSLOG_IDENTIFIER')}: {e.get('MESSAGE')}"
+        for e in journal_since(host, bed.cursor, "-t", PKG, "-t", "nm-dispatcher", "-u", f"{PKG}@*")
+    ]
+    print("\n".join(["journal of the NetworkManager hand-off:", *lines]))
+    every = [
+        f"{e.get('_SYSTEMD_UNIT')} {e.get('SYSLOG_IDENTIFIER')}[{e.get('_PID')}]: {e.get('MESSAGE')}"
+        for e in journal_since(host, bed.cursor, "-g", "macvtap|mhtsbr0")
+    ]
+    print("\n".join(["every line naming it:", *every]))
+    text = "\n".join(lines)
+    assert f"parked NIC {nic.mac} of domain {guest.name}: detached" in text, text
+    assert f"re-attached NIC {nic.mac} of domain {guest.name} on {bridge}" in text, text
+    assert Path("/etc/resolv.conf").read_bytes() == resolv, "NetworkManager left /etc/resolv.conf alone"
+
+
+def test_purge_leaves_nothing(host) -> None:  # type: ignore[no-untyped-def]
+    """(f): `apt-get purge` removes every file of the package and of the tool.
+    Runs last: the package is gone afterwards."""
+    listed = [p for p in INSTALLED if p and p != "/."]
+    cursor = host_cursor(host)
+    done = host.run("apt-get", "purge", "-y", "-o", "DPkg::Lock::Timeout=600", PKG, check=False, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    left = []
+    for path in [*listed, "/var/lib/macvtap-hook", *([] if BEFORE.get("etc", True) else ["/etc/macvtap-hook"])]:
+        if not os.path.lexists(path):
+            continue
+        if os.path.isdir(path):
+            real = os.path.realpath(path)  # /lib is /usr/lib on a merged /usr
+            owners = subprocess.run(["dpkg-query", "-S", real], capture_output=True, text=True, check=False)
+            if owners.returncode == 0:
+                continue  # a folder of other packages (/usr/bin, /etc/libvirt/hooks...)
+        left.append(path)
+    if (host.root / "run/macvtap-hook").exists():
+        left.append("/run/macvtap-hook")
+    left += [str(p) for p in Path("/etc/systemd/system").rglob(f"{PKG}*")]
+    print(f"dpkg -L {PKG} before the purge:\n" + "\n".join(listed))
+    print("after it: " + (", ".join(left) or "none of them exists"))
+    if left:  # who wrote it: the purge's output and everything the host logged meanwhile
+        print(f"apt-get purge:\n{done.stdout}\n{done.stderr}")
+        print(host.run("journalctl", "--no-pager", "-o", "short-precise", f"--after-cursor={cursor}").stdout)
+        for path in left:
+            listing = subprocess.run(["ls", "-laR", "--full-time", path], capture_output=True, text=True, check=False)
+            print(listing.stdout)
+    assert not left, f"left after purge: {left}"
+    assert host.failed_units() == [], host.failed_report()
+    assert not tool_errors(host, cursor)

@@ -1,0 +1,435 @@
+"""A host booted with systemd, inside this machine: systemd as PID 1 of its own
+PID and mount namespace (same network namespace), with its own systemd-udevd,
+dbus, Debian's libvirt units and NetworkManager.
+
+The recipe and its dangers are in ``systemd-inner`` (and the team's
+TESTBED.md): private /proc, /run and /tmp, the link-naming rule overridden,
+machine-wide units masked.  While it runs, the machine-level libvirtd and
+systemd-udevd that ``tests/testbed/setup`` starts are stopped (two udevds would
+both run every rule; two libvirtds clash); :meth:`SystemdHost.close` kills the
+namespaced systemd (and with it everything inside) and starts them again, and
+checks that ``eth0`` and the machine's ``/tmp`` were left alone.
+
+Commands run inside with ``nsenter -t PID -m -p`` and a clean environment; the
+test process reaches the inner libvirtd through its socket,
+``/proc/PID/root/run/libvirt/libvirt-sock`` (see :attr:`SystemdHost.uri`).
+The inner ``/tmp`` is private: anything QEMU reads or writes (guest consoles)
+must live elsewhere, e.g. below :data:`WORK_ROOT`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+INNER = HERE / "systemd-inner"
+WORK_ROOT = Path("/var/lib/macvtap-hook-tests")
+PIDFILE = Path("/run/mht-systemd-host.pid")  # the machine's /run: found again after a crash
+TARGET = "mht-host.target"
+BASE_UNITS = ("systemd-journald.service", "systemd-udevd.service", "dbus.service")
+CLEAN_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "DEBIAN_FRONTEND": "noninteractive"}
+MACHINE_UDEVD = "/lib/systemd/systemd-udevd"
+
+__all__ = [
+    "WORK_ROOT",
+    "HostError",
+    "SystemdHost",
+    "cleanup",
+    "machine_daemons",
+    "remove_tree",
+    "start_machine_daemons",
+    "stop_machine_daemons",
+]
+
+
+class HostError(RuntimeError):
+    """The systemd host did not boot, or a command inside it failed."""
+
+
+def _pid_ns(pid: int | str) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/pid")
+    except OSError:
+        return None
+
+
+def _pids_in_ns(ns: str) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and _pid_ns(entry) == ns:
+            out.append(int(entry))
+    return out
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+# --------------------------------------------------------------------------- machine-level daemons
+
+
+def machine_daemons() -> dict[str, list[int]]:
+    """PIDs of libvirtd and systemd-udevd in the machine's own PID namespace
+    (the namespaced host's daemons have the same names)."""
+    own = _pid_ns("self")
+    found: dict[str, list[int]] = {"libvirtd": [], "systemd-udevd": []}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or _pid_ns(entry) != own:
+            continue
+        name = _comm(int(entry))
+        if name in found:
+            found[name].append(int(entry))
+    return found
+
+
+def _wait(cond: object, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise HostError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.1)
+
+
+def stop_machine_daemons() -> list[str]:
+    """Stop the machine-level libvirtd and systemd-udevd; return the names stopped."""
+    running = machine_daemons()
+    stopped = []
+    if running["systemd-udevd"]:
+        subprocess.run(["udevadm", "control", "--exit"], capture_output=True, check=False, timeout=60)
+        for pid in running["systemd-udevd"]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        _wait(lambda: not machine_daemons()["systemd-udevd"], 30, "the machine's systemd-udevd to exit")
+        stopped.append("systemd-udevd")
+    if running["libvirtd"]:
+        for pid in running["libvirtd"]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        _wait(lambda: not machine_daemons()["libvirtd"], 60, "the machine's libvirtd to exit")
+        stopped.append("libvirtd")
+    return stopped
+
+
+def start_machine_daemons(names: Sequence[str]) -> None:
+    """Start again what :func:`stop_machine_daemons` stopped, as tests/testbed/setup does."""
+    if "systemd-udevd" in names and not machine_daemons()["systemd-udevd"]:
+        subprocess.run([MACHINE_UDEVD, "--daemon"], check=True, timeout=60)
+        _wait(
+            lambda: subprocess.run(["udevadm", "control", "--ping"], capture_output=True, check=False).returncode == 0,
+            30,
+            "the machine's systemd-udevd",
+        )
+    if "libvirtd" in names and not machine_daemons()["libvirtd"]:
+        subprocess.run(["libvirtd", "-d"], check=True, timeout=60)
+        virsh = ["virsh", "-c", "qemu:///system", "version"]
+        _wait(
+            lambda: subprocess.run(virsh, capture_output=True, check=False).returncode == 0,
+            60,
+            "the machine's libvirtd to answer",
+        )
+
+
+# --------------------------------------------------------------------------- the host
+
+
+def _kill_stale() -> list[str]:
+    """A host left by a run that died before its teardown (pytest killed):
+    kill the systemd named in the pid file if it still runs; return the
+    machine daemons that run had stopped."""
+    stopped: list[str] = []
+    with contextlib.suppress(OSError, ValueError):
+        pid_s, ns, *rest = PIDFILE.read_text().split()
+        stopped = [name for name in rest[0].split(",") if name != "-"] if rest else []
+        pid = int(pid_s)
+        if _pid_ns(pid) == ns and _comm(pid) == "systemd" and ns != _pid_ns("self"):
+            os.kill(pid, signal.SIGKILL)
+            _wait(lambda: not _pids_in_ns(ns), 30, "the stale namespace to empty")
+    PIDFILE.unlink(missing_ok=True)
+    return stopped
+
+
+def cleanup() -> list[str]:
+    """After a run that could not tear its host down (tests/run-all calls this
+    at its end): kill a host left running, purge the package the tests
+    installed in it, start the machine daemons it had stopped, drop a
+    /dev/log link into its private /run."""
+    notes = []
+    if PIDFILE.exists():
+        stopped = _kill_stale()
+        notes.append("killed a systemd host left running")
+        if os.path.islink("/dev/log") and not os.path.exists("/dev/log"):
+            os.unlink("/dev/log")
+        # The machine has no systemd of its own: these are the dead host's.
+        _remove_cgroups({p for p in _cgroups() if p.name in SYSTEMD_CGROUPS or p.name.endswith(".mount")})
+        listed = subprocess.run(["dpkg-query", "-W", "macvtap-hook"], capture_output=True, check=False)
+        if listed.returncode == 0:
+            subprocess.run(["dpkg", "--purge", "macvtap-hook"], capture_output=True, check=False, timeout=300)
+            notes.append("purged macvtap-hook")
+        start_machine_daemons(stopped)
+        notes += [f"started the machine's {name} again" for name in stopped]
+    return notes
+
+
+class SystemdHost:
+    """systemd as PID 1 of a PID and mount namespace.  Use as a context
+    manager, or :meth:`boot` then :meth:`close` (always, also after a failure)."""
+
+    def __init__(self, units: Sequence[str] = (), log_dir: Path | None = None) -> None:
+        self.units = [*BASE_UNITS, *units]
+        self.log_dir = log_dir or WORK_ROOT / "systemd-host"
+        self.console = self.log_dir / "console.log"
+        self.unshare: subprocess.Popen[bytes] | None = None
+        self.pid = 0
+        self.ns = ""
+        self.stopped: list[str] = []
+        self._eth0_index: int | None = None
+        self._sentinel: Path | None = None
+        self._dev_log_existed = os.path.lexists("/dev/log")
+        self._cgroups_before: set[Path] | None = None
+
+    # --- lifecycle
+    def __enter__(self) -> SystemdHost:
+        try:
+            self.boot()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        problems = self.close()
+        if problems and exc[0] is None:
+            raise HostError("; ".join(problems))
+
+    def boot(self, timeout: float = 90.0) -> None:
+        start_machine_daemons(_kill_stale())
+        self._eth0_index = _ifindex("eth0")
+        self._sentinel = Path(f"/tmp/mht-systemd-host-sentinel.{os.getpid()}")
+        self._sentinel.write_text("the machine's /tmp must survive the systemd host\n")
+        self.stopped = stop_machine_daemons()
+        self._cgroups_before = _cgroups()
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        with self.console.open("wb") as out:
+            self.unshare = subprocess.Popen(
+                ["unshare", "--pid", "--fork", "--mount", "--propagation", "private", str(INNER), TARGET, *self.units],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True, env=CLEAN_ENV,
+            )  # fmt: skip
+        own = _pid_ns("self")
+
+        def inner_systemd() -> bool:
+            assert self.unshare is not None
+            if self.unshare.poll() is not None:
+                raise HostError(f"unshare exited {self.unshare.returncode}: {self.console_text()}")
+            try:
+                children = Path(f"/proc/{self.unshare.pid}/task/{self.unshare.pid}/children").read_text().split()
+            except OSError:
+                return False
+            for child in children:
+                ns = _pid_ns(child)
+                if ns and ns != own and _comm(int(child)) == "systemd":
+                    self.pid, self.ns = int(child), ns
+                    return True
+            return False
+
+        _wait(inner_systemd, 30, "the namespaced systemd to start")
+        PIDFILE.write_text(f"{self.pid} {self.ns} {','.join(self.stopped) or '-'}\n")
+        self.wait_running(timeout)
+
+    def close(self) -> list[str]:
+        """Kill the host and everything in it; start the machine's daemons
+        again; return what looks wrong afterwards (empty: all is well)."""
+        problems: list[str] = []
+        if self.pid and _pid_ns(self.pid) == self.ns:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+        if self.unshare is not None:
+            try:
+                self.unshare.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.unshare.kill()
+                problems.append("unshare did not exit after its systemd was killed")
+        if self.ns:
+            try:
+                _wait(lambda: not _pids_in_ns(self.ns), 30, "the namespace to empty")
+            except HostError:
+                left = ", ".join(f"{p} ({_comm(p)})" for p in _pids_in_ns(self.ns))
+                problems.append(f"processes left in the namespace: {left}")
+        PIDFILE.unlink(missing_ok=True)
+        # Its systemd made cgroups (init.scope, system.slice...) in the machine's hierarchies.
+        if self._cgroups_before is not None and not problems:
+            left = _remove_cgroups(_cgroups() - self._cgroups_before)
+            if left:
+                problems.append(f"cgroups still in use: {', '.join(left)}")
+            self._cgroups_before = None
+        # journald's socket unit links /dev/log (the machine's /dev) to its private /run.
+        if not self._dev_log_existed and os.path.islink("/dev/log"):
+            os.unlink("/dev/log")
+        problems += self._check_eth0()
+        if self._sentinel is not None:
+            if not self._sentinel.exists():
+                problems.append("the machine's /tmp was emptied")
+            self._sentinel.unlink(missing_ok=True)
+        try:
+            start_machine_daemons(self.stopped)
+        except (HostError, subprocess.SubprocessError) as exc:
+            problems.append(f"machine daemons not restarted: {exc}")
+        self.pid, self.unshare, self.stopped = 0, None, []
+        return problems
+
+    def _check_eth0(self) -> list[str]:
+        if subprocess.run(["ip", "-br", "link", "show", "eth0"], capture_output=True, check=False).returncode == 0:
+            return []
+        # Mend it (a rename keeps the link up), but the run must fail.
+        links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=False).stdout
+        for line in links.splitlines():
+            index, name = line.split(":")[0].strip(), line.split(":")[1].strip().split("@")[0]
+            if self._eth0_index is not None and int(index) == self._eth0_index:
+                subprocess.run(["ip", "link", "set", "dev", name, "name", "eth0"], check=False)
+                return [f"eth0 was renamed to {name} (renamed back)"]
+        return ["eth0 is gone"]
+
+    # --- inside
+    @property
+    def root(self) -> Path:
+        """The host's file system as this process sees it (its /run, /tmp)."""
+        return Path(f"/proc/{self.pid}/root")
+
+    @property
+    def uri(self) -> str:
+        """libvirt URI of the inner libvirtd for this (outer) process."""
+        return f"qemu+unix:///system?socket={self.root}/run/libvirt/libvirt-sock"
+
+    def run(
+        self, *args: str, check: bool = True, timeout: float = 120.0, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """Run a command inside (its mount and PID namespace, a clean environment)."""
+        if not self.pid:
+            raise HostError("the systemd host is not running")
+        proc = subprocess.run(
+            ["nsenter", "-t", str(self.pid), "-m", "-p", *args],
+            capture_output=True, text=True, timeout=timeout, check=False, env={**CLEAN_ENV, **(env or {})},
+        )  # fmt: skip
+        if check and proc.returncode != 0:
+            raise HostError(f"{' '.join(args)} exited {proc.returncode}: {proc.stderr.strip() or proc.stdout.strip()}")
+        return proc
+
+    def systemctl(self, *args: str, check: bool = True, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
+        return self.run("systemctl", *args, check=check, timeout=timeout)
+
+    def state(self) -> str:
+        return self.systemctl("is-system-running", check=False).stdout.strip()
+
+    def failed_units(self) -> list[str]:
+        out = self.systemctl("list-units", "--failed", "--plain", "--no-legend", "--all").stdout
+        return [line.split()[0] for line in out.splitlines() if line.strip()]
+
+    def failed_report(self) -> str:
+        """`systemctl --failed` and the status of each failed unit."""
+        text = self.systemctl("--failed", "--no-pager", check=False).stdout
+        for unit in self.failed_units():
+            text += self.systemctl("status", "--no-pager", "-l", "-n", "20", unit, check=False).stdout
+        return text
+
+    def wait_running(self, timeout: float = 90.0) -> str:
+        """Wait until startup is over; a degraded host is an error naming its failed units."""
+        deadline = time.monotonic() + timeout
+        state = ""
+        while time.monotonic() < deadline:
+            state = self.state() if _pid_ns(self.pid) == self.ns else "dead"
+            if state in ("running", "degraded", "dead"):
+                break
+            time.sleep(0.2)
+        if state == "degraded":
+            raise HostError(f"the systemd host is degraded:\n{self.failed_report()}")
+        if state != "running":
+            raise HostError(f"the systemd host is {state or 'not answering'} after {timeout} s: {self.console_text()}")
+        return state
+
+    def journal(self, *args: str) -> str:
+        return self.run("journalctl", "--no-pager", "-q", *args).stdout
+
+    def console_text(self) -> str:
+        try:
+            return self.console.read_text(errors="replace")[-4000:]
+        except OSError:
+            return ""
+
+    def wait_units_idle(self, pattern: str, timeout: float = 120.0) -> None:
+        """Wait until no unit matching *pattern* is activating, active or queued."""
+
+        def idle() -> bool:
+            busy = self.systemctl(
+                "list-units", "--plain", "--no-legend", "--all", "--state=activating,active,deactivating,reloading",
+                pattern, check=False,
+            ).stdout.strip()  # fmt: skip
+            jobs = self.systemctl("list-jobs", "--plain", "--no-legend", pattern, check=False).stdout.strip()
+            return not busy and not jobs
+
+        _wait(idle, timeout, f"units {pattern} to finish")
+
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+SYSTEMD_CGROUPS = ("init.scope", "system.slice", "machine.slice", "user.slice")
+
+
+def _cgroups() -> set[Path]:
+    """Top-level cgroups of every hierarchy mounted below /sys/fs/cgroup."""
+    found: set[Path] = set()
+    candidates = [CGROUP_ROOT, *(p for p in CGROUP_ROOT.iterdir() if p.is_dir())] if CGROUP_ROOT.is_dir() else []
+    for hierarchy in candidates:
+        if not (hierarchy / "cgroup.procs").exists():
+            continue
+        found |= {p for p in hierarchy.iterdir() if p.is_dir() and not p.is_symlink()}
+    return found
+
+
+def _remove_cgroups(paths: set[Path]) -> list[str]:
+    """rmdir these cgroups, children first; a cgroup that still holds a process stays (and is named)."""
+    left = []
+    for top in paths:
+        for path in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+            with contextlib.suppress(OSError):
+                path.rmdir()
+        try:
+            top.rmdir()
+        except OSError:
+            left.append(str(top))
+    return left
+
+
+def _ifindex(name: str) -> int | None:
+    try:
+        return int(Path(f"/sys/class/net/{name}/ifindex").read_text())
+    except OSError:
+        return None
+
+
+def remove_tree(path: Path) -> None:
+    """Remove a work folder of this module (never anything outside WORK_ROOT)."""
+    if WORK_ROOT in path.resolve().parents:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _main(argv: list[str]) -> int:
+    if argv == ["cleanup"]:
+        for note in cleanup():
+            print(f"systemd_host: {note}")
+        return 0
+    print("usage: systemd_host.py cleanup", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))

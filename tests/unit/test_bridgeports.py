@@ -1,0 +1,221 @@
+"""Bridge taps: the pure planner table by table, then the engine with fakes."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from macvtap_hook.bridgeports import bridge_nic_states, plan_ports, port_state, vlan_entries
+from macvtap_hook.engine import Engine
+from macvtap_hook.model import BridgeNic, DomainRef, DomainView, Link, Links, PortSettings, VlanTag
+from macvtap_hook.state import StateStore
+from tests.fakes import FakeHypervisor, FakeLinks, bridge_nic, direct_nic, network_nic
+
+MAC = "52:54:00:00:00:01"
+TAPMAC = "fe:54:00:00:00:01"
+UUID1, UUID2 = "11111111-1111-1111-1111-111111111111", "22222222-2222-2222-2222-222222222222"
+REF = DomainRef("qemu:///system", UUID1, 3, "web")
+
+
+def nic(**kw: object) -> BridgeNic:
+    fields: dict[str, object] = {"mac": MAC, "bridge": "br0", "tap": "vnet0"}
+    fields.update(kw)
+    return BridgeNic(**fields)  # type: ignore[arg-type]
+
+
+def dom(*nics: BridgeNic, running: bool = True) -> DomainView:
+    return DomainView(REF, bridge_nics=nics, running=running)
+
+
+BR0 = Link("br0", 10, kind="bridge", mtu=1500, up=True)
+BR1 = Link("br1", 11, kind="bridge", mtu=9000, up=True)
+OVS = Link("ovs-system", 12, kind="openvswitch")
+
+
+def tap(master: int | None = None, mac: str = TAPMAC, kind: str | None = "tun") -> Link:
+    return Link("vnet0", 20, kind=kind, mac=mac, master=master, mtu=1500, up=True)
+
+
+# -- the planner ---------------------------------------------------------------
+
+
+def test_tap_off_its_bridge_goes_back_with_the_bridges_mtu() -> None:
+    (e,) = plan_ports([dom(nic())], Links.of(BR0, tap()))
+    assert (e.tap, e.tap_index, e.bridge, e.bridge_index, e.moved_from) == ("vnet0", 20, "br0", 10, None)
+    assert e.settings == PortSettings(mtu=1500, up=True, isolated=False, vlans=())
+
+
+def test_xml_settings_are_carried() -> None:
+    n = nic(mtu=1400, isolated=True, vlan=(VlanTag(42),))
+    (e,) = plan_ports([dom(n)], Links.of(BR0, tap()))
+    assert e.settings == PortSettings(mtu=1400, up=True, isolated=True, vlans=((42, True, True),))
+
+
+def test_tap_on_the_wrong_bridge_is_moved() -> None:
+    (e,) = plan_ports([dom(nic())], Links.of(BR0, BR1, tap(master=11)))
+    assert (e.bridge, e.moved_from) == ("br0", "br1")
+
+
+@pytest.mark.parametrize(
+    ("links", "n", "running", "why"),
+    [
+        ((BR0, tap(master=10)), nic(), True, "already on its bridge"),
+        ((tap(),), nic(), True, "the bridge is not back yet"),
+        ((Link("br0", 10, kind="veth"), tap()), nic(), True, "br0 is no bridge now"),
+        ((BR0,), nic(), True, "the tap is gone"),
+        ((BR0, tap()), nic(tap=None), True, "libvirt is still setting it up"),
+        ((BR0, tap()), nic(), False, "paused, or starting: libvirt may be plugging it"),
+        ((BR0, tap()), nic(virtualport="openvswitch"), True, "an openvswitch port"),
+        ((BR0, OVS, tap(master=12)), nic(), True, "on openvswitch's ovs-system"),
+        ((BR0, tap(master=99)), nic(), True, "its master is unknown"),
+        ((BR0, tap(mac="52:54:00:99:99:99")), nic(), True, "another device took the tap's name"),
+        ((BR0, tap(kind="macvtap")), nic(), True, "not a tap"),
+    ],
+)
+def test_left_alone(links: tuple[Link, ...], n: BridgeNic, running: bool, why: str) -> None:
+    assert plan_ports([dom(n, running=running)], Links.of(*links)) == (), why
+
+
+def test_a_tap_with_the_guests_own_mac_or_fa_is_ours() -> None:
+    for mac in (MAC, "fa:54:00:00:00:01"):
+        assert len(plan_ports([dom(nic())], Links.of(BR0, tap(mac=mac)))) == 1
+
+
+def test_only_limits_to_named_bridges() -> None:
+    links = Links.of(BR0, tap())
+    assert plan_ports([dom(nic())], links, only=frozenset({"br1"})) == ()
+    assert len(plan_ports([dom(nic())], links, only=frozenset({"br0"}))) == 1
+
+
+@pytest.mark.parametrize(
+    ("tags", "trunk", "expected"),
+    [
+        ((), False, ()),
+        ((VlanTag(42),), False, ((42, True, True),)),
+        ((VlanTag(42),), True, ((42, False, False),)),
+        ((VlanTag(42, "untagged"), VlanTag(47)), True, ((42, True, True), (47, False, False))),
+        ((VlanTag(42, "tagged"), VlanTag(47)), True, ((42, True, False), (47, False, False))),
+    ],
+)
+def test_vlan_entries(tags: tuple[VlanTag, ...], trunk: bool, expected: tuple[tuple[int, bool, bool], ...]) -> None:
+    assert vlan_entries(nic(vlan=tags, trunk=trunk)) == expected
+
+
+def test_states_for_status() -> None:
+    assert port_state(nic(), Links.of(BR0, tap(master=10))) == "on bridge"
+    assert port_state(nic(), Links.of(BR0, tap())) == "off bridge"
+    assert port_state(nic(), Links.of(tap())) == "bridge missing"
+    assert port_state(nic(), Links.of(BR0)) == "tap missing"
+    assert port_state(nic(tap=None), Links.of(BR0)) == "setting up"
+    assert port_state(nic(virtualport="openvswitch"), Links.of(BR0)) == "not ours"
+    (state,) = bridge_nic_states([dom(nic())], Links.of(BR0, tap()))
+    assert (state.domain, state.mac, state.tap, state.bridge, state.state) == ("web", MAC, "vnet0", "br0", "off bridge")
+
+
+# -- the engine, against fakes ----------------------------------------------------
+
+
+class World:
+    def __init__(self, tmp: Path) -> None:
+        self.links = FakeLinks()
+        self.hv = FakeHypervisor(self.links)
+        self.store = StateStore(tmp / "state" / "state.json")
+
+    def converge(self, **kw: object):  # type: ignore[no-untyped-def]
+        engine = Engine([self.hv], self.links, self.store, detach_timeout=1.0, sleep=lambda _dt: None, maker=self.links)
+        return engine.converge(**kw)  # type: ignore[arg-type]
+
+    def master_of(self, tap: str) -> str | None:
+        link = self.links.links[tap]
+        return next((n for n, lk in self.links.links.items() if lk.ifindex == link.master), None)
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> World:
+    w = World(tmp_path)
+    w.links.add("br0", kind="bridge", mtu=1500, up=True)
+    w.links.add("up0")
+    return w
+
+
+def test_bridge_recreated_puts_the_tap_back_and_records_nothing(world: World, caplog: pytest.LogCaptureFixture) -> None:
+    world.hv.start("web", UUID1, [bridge_nic(MAC, "br0", extra="<mtu size='1400'/><port isolated='yes'/>")])
+    assert world.master_of("vnet0") == "br0"
+    world.links.delete("br0")
+    assert world.master_of("vnet0") is None
+    world.links.add("br0", kind="bridge", mtu=1500, up=True)
+    caplog.set_level(logging.INFO)
+    report = world.converge()
+    assert world.master_of("vnet0") == "br0"
+    assert world.links.ports["vnet0"] == PortSettings(mtu=1400, up=True, isolated=True, vlans=())
+    assert report.replugged == 1 and report.attached == report.parked == 0
+    assert not [c for c in world.hv.calls if c[0] in ("detach", "attach")], "no unplug, no plug"
+    assert not world.store.load()
+    lines = [r.getMessage() for r in caplog.records if "back on bridge" in r.getMessage()]
+    assert lines == [f"put tap vnet0 of NIC {MAC} of domain web back on bridge br0"]
+    assert world.converge().replugged == 0, "a second run changes nothing"
+
+
+def test_network_nic_and_a_macvtap_nic_in_one_run(world: World) -> None:
+    world.links.add("virbr9", kind="bridge", mtu=1500)
+    world.hv.bridges["lan"] = "virbr9"
+    world.hv.start("web", UUID1, [network_nic(MAC, "lan"), direct_nic("52:54:00:00:00:02", "up0", slot=4)])
+    world.links.delete("virbr9")
+    world.links.delete("up0")
+    world.converge()  # parks the macvtap NIC; nothing to do for the tap yet
+    world.links.add("virbr9", kind="bridge", mtu=1500)
+    world.links.add("up0")
+    report = world.converge()
+    assert (report.replugged, report.attached) == (1, 1)
+    assert world.master_of("vnet0") == "virbr9"
+
+
+def test_flapping_ten_times_ends_on_the_bridge(world: World) -> None:
+    world.hv.start("web", UUID1, [bridge_nic(MAC, "br0")])
+    for _ in range(10):
+        world.links.delete("br0")
+        world.converge()  # the tap waits: nothing to do while the bridge is gone
+        world.links.add("br0", kind="bridge", mtu=1500)
+        world.converge()
+    assert world.master_of("vnet0") == "br0"
+
+
+def test_wrong_bridge_is_corrected(world: World) -> None:
+    world.links.add("br1", kind="bridge", mtu=1500)
+    world.hv.start("web", UUID1, [bridge_nic(MAC, "br0")])
+    br1 = world.links.links["br1"].ifindex
+    world.links.put_on_bridge("vnet0", world.links.links["vnet0"].ifindex, "br1", br1, PortSettings(None, True, False))
+    world.converge()
+    assert world.master_of("vnet0") == "br0"
+
+
+def test_a_failure_is_logged_once_and_not_retried_in_a_loop(world: World, caplog: pytest.LogCaptureFixture) -> None:
+    world.hv.start("web", UUID1, [bridge_nic(MAC, "br0")])
+    world.links.delete("br0")
+    world.links.add("br0", kind="bridge", mtu=1500)
+    world.links.fail_port = "Operation not permitted"
+    report = world.converge()
+    assert report.failed == 1 and report.settled
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "could not put tap vnet0" in errors[0].getMessage()
+    world.links.fail_port = None
+    assert world.converge().replugged == 1, "the next run tries again"
+
+
+def test_reconcile_only_other_interfaces_leaves_the_tap(world: World) -> None:
+    world.hv.start("web", UUID1, [bridge_nic(MAC, "br0")])
+    world.links.delete("br0")
+    world.links.add("br0", kind="bridge", mtu=1500)
+    assert world.converge(only=frozenset({"up0"})).replugged == 0
+    assert world.converge(only=frozenset({"br0"})).replugged == 1
+
+
+def test_dry_run_describes_a_tap_to_put_back() -> None:
+    from macvtap_hook.planner import Plan
+    from macvtap_hook.planview import describe
+
+    todo = Plan(enslave=plan_ports([dom(nic())], Links.of(BR0, BR1, tap(master=11))))
+    assert describe(todo) == [f"put back: tap vnet0 of NIC {MAC} of domain web on bridge br0 (move it from br1)"]
+    assert describe(Plan()) == ["nothing to do"]
