@@ -555,6 +555,9 @@ class Engine:
         done: list[ParkedNic] = []
         devs = {a.record.key: a.dev for a in attaches}
         outcomes = per_domain([a.record for a in attaches], lambda rec: self._attach_one(rec, devs[rec.key]))
+        # Read again only when something failed: an uplink that went away or was
+        # re-created during the attach is a flap the next event settles, not an error.
+        after = self.links.snapshot() if any(isinstance(o, Exception) for o in outcomes.values()) else None
         for a in attaches:
             rec = a.record
             outcome = outcomes[rec.key]
@@ -565,11 +568,13 @@ class Engine:
                 self.records[rec.key] = self.records[rec.key].evolve(last_error=str(outcome))
                 self.report.failed += 1
                 failed.add(rec.key)
-                log.error(
-                    "re-attach of %s on %s failed (attempt %d): %s",
+                flapped = after is not None and self._changed_meanwhile(a, after)
+                (log.warning if flapped else log.error)(
+                    "re-attach of %s on %s failed (attempt %d%s): %s",
                     _nic(rec.domain, rec.mac),
                     a.dev or " or ".join(rec.candidates) or rec.uplink,
                     self.records[rec.key].attempts,
+                    "; the uplink changed meanwhile, the next event retries" if flapped else "",
                     outcome,
                     extra=messages.fields(messages.FAILED, rec.domain, rec.mac, rec.uplink),
                 )
@@ -591,6 +596,17 @@ class Engine:
         self.store.save(self.records.values())
         self._sync_metadata({r.domain for r in done})
         return failed
+
+    def _changed_meanwhile(self, a: Attach, after: Links) -> bool:
+        """Whether an interface the NIC could have been attached on vanished or
+        was re-created (another ifindex) since this round's snapshot."""
+        rec = a.record
+        names = (a.dev,) if a.dev else (rec.candidates or (rec.uplink,))
+        for name in names:
+            before, now = self.links_now.get(name), after.get(name)
+            if before is not None and (now is None or now.ifindex != before.ifindex):
+                return True
+        return False
 
     # -- bridge taps ---------------------------------------------------------
 

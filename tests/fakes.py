@@ -13,7 +13,7 @@ import copy
 import itertools
 import threading
 import xml.etree.ElementTree as ET
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 from macvtap_hook import nicxml
@@ -139,6 +139,7 @@ class FakeHypervisor:
         self.bridges: dict[str, str] = {}  # bridge-based networks: name -> bridge
         self.reachable = True
         self.fail_attach: str | None = None
+        self.during_attach: Callable[[], None] | None = None  # e.g. the uplink flaps meanwhile
         self.calls: list[tuple[str, str]] = []
         self._tap = itertools.count(0)
         self._ids = itertools.count(1)
@@ -250,6 +251,8 @@ class FakeHypervisor:
     def _attach(self, dom: DomainRef, xml: str, avoid: Sequence[str]) -> None:
         guest = self._guest(dom)
         self.calls.append(("attach", xml))
+        if self.during_attach is not None:
+            self.during_attach()
         if self.fail_attach:
             raise HypervisorError(operation="attach", reason=self.fail_attach)
         iface = ET.fromstring(xml)

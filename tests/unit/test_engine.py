@@ -225,7 +225,9 @@ def test_mac_already_present_drops_the_record(world: World) -> None:
     assert world.hv.macs(UUID1).count(MAC1) == 1
 
 
-def test_failed_attach_keeps_record_with_error_and_retries_later(world: World) -> None:
+def test_failed_attach_keeps_record_with_error_and_retries_later(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
     world.hv.start("vm1", UUID1, [direct_nic(MAC1, "up0")])
     world.links.delete("up0")
     world.converge()
@@ -233,6 +235,7 @@ def test_failed_attach_keeps_record_with_error_and_retries_later(world: World) -
     world.hv.fail_attach = "internal error: unable to execute QEMU command 'netdev_add'"
     report = world.converge()
     assert report.failed == 1 and report.attached == 0
+    assert [r.levelname for r in caplog.records if "failed (attempt 1)" in r.getMessage()] == ["ERROR"]
     (rec,) = world.store.load()
     assert rec.attempts == 1 and "netdev_add" in (rec.last_error or "")
     assert report.attention == [rec]
@@ -244,6 +247,32 @@ def test_failed_attach_keeps_record_with_error_and_retries_later(world: World) -
     assert world.engine().converge(failed=drained).attached == 0, "tried once per run"
     report = world.converge()
     assert report.attached == 1 and world.store.load() == ()
+
+
+@pytest.mark.parametrize("flap", ["re-created", "gone"])
+def test_an_attach_that_fails_because_the_uplink_flapped_meanwhile_is_no_error(
+    world: World, caplog: pytest.LogCaptureFixture, flap: str
+) -> None:
+    world.hv.start("vm1", UUID1, [direct_nic(MAC1, "up0")])
+    world.links.delete("up0")
+    world.converge()
+    world.links.add("up0")
+
+    def flapping() -> None:
+        world.links.delete("up0")
+        if flap == "re-created":
+            world.links.add("up0")
+
+    world.hv.during_attach = flapping
+    world.hv.fail_attach = "Unable to query TUNGETIFF on FD 13: Link has been severed"
+    report = world.engine().converge(retry_failed=False)
+    assert report.failed == 1 and len(world.store.load()) == 1
+    (line,) = [r for r in caplog.records if "failed (attempt 1" in r.getMessage()]
+    assert line.levelname == "WARNING" and "changed meanwhile" in line.getMessage()
+    world.hv.during_attach = world.hv.fail_attach = None
+    if flap == "gone":
+        world.links.add("up0")
+    assert world.converge().attached == 1
 
 
 def test_unreachable_libvirt_leaves_records_alone(world: World) -> None:
