@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from macvtap_hook import index, lock
 from macvtap_hook.config import Config
@@ -14,8 +15,10 @@ from macvtap_hook.events import MACVTAP_PREFIX
 from macvtap_hook.hints import Hint, HintQueue
 from macvtap_hook.hypervisor import Hypervisor
 from macvtap_hook.links import macvtap_lowers
-from macvtap_hook.metrics import RunTally
 from macvtap_hook.state import StateStore
+
+if TYPE_CHECKING:
+    from macvtap_hook.metrics import RunTally
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +88,16 @@ def _macvtap_appeared(hint: Hint) -> bool:
     return hint.action == "add" and (hint.iface or "").startswith(MACVTAP_PREFIX)
 
 
+def _tally(cfg: Config) -> RunTally | None:
+    """The metrics of this run, when a metrics file is configured (opt-in:
+    otherwise neither the module nor the counting costs a run anything)."""
+    if cfg.metrics_file is None:
+        return None
+    from macvtap_hook.metrics import RunTally
+
+    return RunTally()
+
+
 def run(
     cfg: Config,
     hint: Hint | None,
@@ -117,7 +130,7 @@ def run(
         conns = Connections(cfg.uris)
         report: Report | None = None
         failed: set[tuple[str, str, str]] = set()  # tried once per run, however many events it drains
-        tally = RunTally()
+        tally = _tally(cfg)
         try:
             for _ in range(MAX_DRAINS):
                 if report is not None and budget is not None and time.monotonic() - started > budget:
@@ -145,7 +158,8 @@ def run(
                         failed=failed,
                         hints=hints,
                     )
-                    tally.add(report)
+                    if tally is not None:
+                        tally.add(report)
                 except HypervisorUnavailable:
                     queue.consume(spare)
                     raise
@@ -156,13 +170,15 @@ def run(
                 retry_stuck, only = False, None
                 if not queue.pending():
                     break
-            tally.ok = True
+            if tally is not None:
+                tally.ok = True
         except BaseException:
             index.drop_index(str(cfg.run_dir))  # what this run left behind is unknown
             raise
         finally:
             conns.close()
-            tally.write(cfg.metrics_file)  # under the lock: totals are read, added to and written
+            if tally is not None:
+                tally.write(cfg.metrics_file)  # under the lock: totals are read, added to and written
         if report is not None and report.uplinks is not None:
             # Macvtaps libvirt created since the last look (a guest starting):
             # an event about one of them may have read the index this replaces.
