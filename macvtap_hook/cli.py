@@ -131,7 +131,7 @@ def _matters(cfg: Config, hint: Hint) -> bool:
     from macvtap_hook.events import awaited_under_another_name, needs_work, only_another_name_could_matter
 
     if hint.bridge:
-        return True  # guests' taps may belong on it, and the index names no bridges
+        return True  # events.bridge_appeared
     if not needs_work(hint.action, hint.iface, hint.old_iface, str(cfg.run_dir), str(hint.ifindex or "")):
         return False
     if not only_another_name_could_matter(hint.action, hint.iface, str(cfg.run_dir)):

@@ -69,8 +69,7 @@ def hint_from_udev(env: Mapping[str, str]) -> Hint | None:
         old_iface=old,
         ifindex=int(ifindex) if ifindex.isdigit() else None,
         udev=udev_identity_env(env) or None,
-        # DEVTYPE is in the kernel's uevent: knowing a bridge costs nothing.
-        bridge=env.get("DEVTYPE") == "bridge",
+        bridge=bridge_appeared(action, iface, env.get("DEVTYPE", "")),
     )
 
 
@@ -93,8 +92,7 @@ def hint_from_nm(iface: str, action: str) -> Hint | None:
     if not iface:
         raise BadEvent(source="NetworkManager", reason=f"no interface given for action {action!r}")
     check_ifname(iface)
-    bridge = kind == "add" and _is_bridge(iface)
-    return Hint(source="nm-dispatcher", action=kind, iface=iface, bridge=bridge)
+    return Hint(source="nm-dispatcher", action=kind, iface=iface, bridge=bridge_appeared(kind, iface))
 
 
 def needs_work(
@@ -217,8 +215,8 @@ def ignorable_udev_event(env: Mapping[str, str]) -> bool:
     if env.get("SUBSYSTEM", "net") != "net":
         return False
     action = env.get("ACTION")
-    if action == "add" and env.get("DEVTYPE") == "bridge":
-        return False  # guests' taps may belong on it, whatever the index says
+    if bridge_appeared(action, env.get("INTERFACE"), env.get("DEVTYPE", "")):
+        return False
     return _cheap(action, env.get("INTERFACE"), _old_name(env) if action == "move" else None, env.get("IFINDEX"))
 
 
@@ -226,12 +224,20 @@ def ignorable_nm_event(iface: str, action: str) -> bool:
     if not action:
         return False
     kind = _nm_action(action)
-    if kind == "add" and iface and valid_ifname(iface) and _is_bridge(iface):
+    if bridge_appeared(kind, iface):
         return False
     return kind is None or _cheap(kind, iface, None)
 
 
-def _is_bridge(iface: str) -> bool:
+def bridge_appeared(action: str | None, iface: str | None, devtype: str | None = None) -> bool:
+    """Whether the event is a bridge appearing, which always needs a run:
+    guests' taps may belong on it, and the uplink index names no bridges.
+    udev's DEVTYPE comes with the kernel's event; NetworkManager gives none,
+    so sysfs tells."""
+    if action != "add" or not iface or not valid_ifname(iface):
+        return False
+    if devtype is not None:
+        return devtype == "bridge"
     return os.path.isdir(os.path.join(SYSFS_NET, iface, "bridge"))
 
 
@@ -273,15 +279,14 @@ def awaited_under_another_name(
 ) -> bool:
     """For an interface that appeared under a name the index lacks while
     something is parked: False only when it cannot be what a parked NIC
-    waits for (a bridge that appeared always needs a run: guests' taps may
-    belong on it). It needs a full run if it may be a parked NIC's uplink under
+    waits for. It needs a full run if it may be a parked NIC's uplink under
     another name (its udev identity or an administrator's rule says so),
     if config.toml declares an awaited uplink on it, or if uplink hooks
     exist (they may create the awaited uplink on it).
     A hint left by an earlier run that could not finish also makes any
     event worth a full run.
     """
-    if hint.action != "add" or hint.bridge:
+    if hint.action != "add":
         return True
     from macvtap_hook.identity import UplinkIdentity
 
