@@ -210,7 +210,9 @@ def render_text(view: StatusView) -> str:
         lines.append("libvirt did not answer: showing the parked NICs from the state file alone")
     if not view.protected:
         lines.append(
-            "no protected NICs (no running domain has a macvtap NIC)" if view.from_libvirt else "no parked NICs"
+            "no protected NICs (no running domain has a macvtap or bridge NIC)"
+            if view.from_libvirt
+            else "no parked NICs"
         )
     else:
         header = ("DOMAIN", "MAC", "KIND", "UPLINK", "MODE", "STATE", "SINCE")

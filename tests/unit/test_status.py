@@ -114,6 +114,14 @@ def test_dry_run_plan_in_words(world: World, golden: Any) -> None:
     golden("dry-run.txt", "\n".join(describe(plan(snap, retry_stuck=True))) + "\n")
 
 
+def test_status_of_a_host_with_nothing_to_protect_names_what_it_would(tmp_path: Path) -> None:
+    w = World(tmp_path)
+    w.links.add("up0")
+    w.hv.start("plain", UUID1, [])
+    text = status.render_text(view_of(w))
+    assert "no protected NICs (no running domain has a macvtap or bridge NIC)" in text
+
+
 def test_dry_run_of_nothing(tmp_path: Path) -> None:
     w = World(tmp_path)
     w.links.add("up0")
