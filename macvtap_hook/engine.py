@@ -556,7 +556,8 @@ class Engine:
         devs = {a.record.key: a.dev for a in attaches}
         outcomes = per_domain([a.record for a in attaches], lambda rec: self._attach_one(rec, devs[rec.key]))
         # Read again only when something failed: an uplink that went away or was
-        # re-created during the attach is a flap the next event settles, not an error.
+        # re-created during the attach is a flap, which the next round (or event)
+        # settles, not an error.
         after = self.links.snapshot() if any(isinstance(o, Exception) for o in outcomes.values()) else None
         for a in attaches:
             rec = a.record
@@ -567,14 +568,15 @@ class Engine:
             elif isinstance(outcome, HypervisorError | HypervisorUnavailable):
                 self.records[rec.key] = self.records[rec.key].evolve(last_error=str(outcome))
                 self.report.failed += 1
-                failed.add(rec.key)
                 flapped = after is not None and self._changed_meanwhile(a, after)
+                if not flapped:
+                    failed.add(rec.key)  # not again in this run; a flap is looked at again next round
                 (log.warning if flapped else log.error)(
                     "re-attach of %s on %s failed (attempt %d%s): %s",
                     _nic(rec.domain, rec.mac),
                     a.dev or " or ".join(rec.candidates) or rec.uplink,
                     self.records[rec.key].attempts,
-                    "; the uplink changed meanwhile, the next event retries" if flapped else "",
+                    "; its uplink changed meanwhile, so it is looked at again" if flapped else "",
                     outcome,
                     extra=messages.fields(messages.FAILED, rec.domain, rec.mac, rec.uplink),
                 )

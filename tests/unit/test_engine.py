@@ -268,11 +268,33 @@ def test_an_attach_that_fails_because_the_uplink_flapped_meanwhile_is_no_error(
     report = world.engine().converge(retry_failed=False)
     assert report.failed == 1 and len(world.store.load()) == 1
     (line,) = [r for r in caplog.records if "failed (attempt 1" in r.getMessage()]
-    assert line.levelname == "WARNING" and "changed meanwhile" in line.getMessage()
+    assert line.levelname == "WARNING" and "uplink changed meanwhile" in line.getMessage()
     world.hv.during_attach = world.hv.fail_attach = None
     if flap == "gone":
         world.links.add("up0")
     assert world.converge().attached == 1
+
+
+def test_an_uplink_that_flapped_during_the_attach_is_tried_again_in_the_same_run(world: World) -> None:
+    world.hv.start("vm1", UUID1, [direct_nic(MAC1, "up0")])
+    world.links.delete("up0")
+    world.converge()
+    world.links.add("up0")
+    flaps = iter([True])
+
+    def flap_once() -> None:
+        if next(flaps, False):
+            world.links.delete("up0")
+            world.links.add("up0")
+            world.hv.fail_attach = "Unable to query TUNGETIFF on FD 13: Link has been severed"
+        else:
+            world.hv.fail_attach = None
+
+    world.hv.during_attach = flap_once
+    report = world.converge()
+    assert (report.failed, report.attached) == (1, 1)
+    assert world.store.load() == () and world.hv.macs(UUID1) == [MAC1]
+    assert report.attention == []
 
 
 def test_unreachable_libvirt_leaves_records_alone(world: World) -> None:
