@@ -21,7 +21,10 @@
     hand-made `ip link set vnetN master BR` (median of --cycles).
 
 Needs the real stack (tests/testbed/setup), root, and the package installed
-in the interpreter running this (pip install .). It refuses to run while
+in the interpreter running this (pip install .): measure with the interpreter
+the host runs the tool with, e.g. Debian's own, through a venv made with
+`/usr/bin/python3 -m venv --system-site-packages` (then Debian's libvirt,
+pyroute2 and pyudev are what is timed). It refuses to run while
 another installation of the hook is active (its udev rule would act on the
 bench's links). Machines here are noisy: compare within one run.
 Run: bench/bench.py [--runs N] [--cycles N] [--guests 1,8] [--no-bridge]
