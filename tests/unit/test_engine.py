@@ -58,6 +58,14 @@ def world(tmp_path: Path) -> World:
     return w
 
 
+def park_vm1_then_return_its_uplink(world: World) -> None:
+    """vm1's NIC parked when up0 went; up0 is back, no run since."""
+    world.hv.start("vm1", UUID1, [direct_nic(MAC1, "up0")])
+    world.links.delete("up0")
+    world.converge()
+    world.links.add("up0")
+
+
 def test_nothing_to_do_touches_nothing(world: World) -> None:
     world.hv.start("vm1", UUID1, [direct_nic(MAC1, "up0")])
     report = world.converge()
@@ -228,10 +236,7 @@ def test_mac_already_present_drops_the_record(world: World) -> None:
 def test_failed_attach_keeps_record_with_error_and_retries_later(
     world: World, caplog: pytest.LogCaptureFixture
 ) -> None:
-    world.hv.start("vm1", UUID1, [direct_nic(MAC1, "up0")])
-    world.links.delete("up0")
-    world.converge()
-    world.links.add("up0")
+    park_vm1_then_return_its_uplink(world)
     world.hv.fail_attach = "internal error: unable to execute QEMU command 'netdev_add'"
     report = world.converge()
     assert report.failed == 1 and report.attached == 0
@@ -253,10 +258,7 @@ def test_failed_attach_keeps_record_with_error_and_retries_later(
 def test_an_attach_that_fails_because_the_uplink_flapped_meanwhile_is_no_error(
     world: World, caplog: pytest.LogCaptureFixture, flap: str
 ) -> None:
-    world.hv.start("vm1", UUID1, [direct_nic(MAC1, "up0")])
-    world.links.delete("up0")
-    world.converge()
-    world.links.add("up0")
+    park_vm1_then_return_its_uplink(world)
 
     def flapping() -> None:
         world.links.delete("up0")
@@ -276,10 +278,7 @@ def test_an_attach_that_fails_because_the_uplink_flapped_meanwhile_is_no_error(
 
 
 def test_an_uplink_that_flapped_during_the_attach_is_tried_again_in_the_same_run(world: World) -> None:
-    world.hv.start("vm1", UUID1, [direct_nic(MAC1, "up0")])
-    world.links.delete("up0")
-    world.converge()
-    world.links.add("up0")
+    park_vm1_then_return_its_uplink(world)
     flaps = iter([True])
 
     def flap_once() -> None:
