@@ -185,6 +185,7 @@ class Engine:
         self.stacked = stacked
         self.maker = maker
         self.observed: dict[Key, Observed] = {}
+        self.flapped: set[Key] = set()  # NICs whose uplink changed during their attach
         self._identities: dict[tuple[str, int], UplinkIdentity | None] = {}
 
     # -- gathering the truth -------------------------------------------------
@@ -556,8 +557,7 @@ class Engine:
         devs = {a.record.key: a.dev for a in attaches}
         outcomes = per_domain([a.record for a in attaches], lambda rec: self._attach_one(rec, devs[rec.key]))
         # Read again only when something failed: an uplink that went away or was
-        # re-created during the attach is a flap, which the next round (or event)
-        # settles, not an error.
+        # re-created during the attach (a flap) is no failure of the NIC.
         after = self.links.snapshot() if any(isinstance(o, Exception) for o in outcomes.values()) else None
         for a in attaches:
             rec = a.record
@@ -566,17 +566,25 @@ class Engine:
                 self.records.pop(rec.key, None)
                 log.info("domain %s stopped before its NIC %s could be re-attached", rec.domain.name, rec.mac)
             elif isinstance(outcome, HypervisorError | HypervisorUnavailable):
+                if after is not None and rec.key not in self.flapped and self._changed_meanwhile(a, after):
+                    # Not the NIC's failure: it stays parked, waiting for its uplink,
+                    # and is tried once more in this run if the uplink is there now.
+                    self.flapped.add(rec.key)
+                    log.warning(
+                        "re-attach of %s on %s was cut short: the uplink changed meanwhile (%s)",
+                        _nic(rec.domain, rec.mac),
+                        a.dev or " or ".join(rec.candidates) or rec.uplink,
+                        outcome,
+                    )
+                    continue
                 self.records[rec.key] = self.records[rec.key].evolve(last_error=str(outcome))
                 self.report.failed += 1
-                flapped = after is not None and self._changed_meanwhile(a, after)
-                if not flapped:
-                    failed.add(rec.key)  # not again in this run; a flap is looked at again next round
-                (log.warning if flapped else log.error)(
-                    "re-attach of %s on %s failed (attempt %d%s): %s",
+                failed.add(rec.key)
+                log.error(
+                    "re-attach of %s on %s failed (attempt %d): %s",
                     _nic(rec.domain, rec.mac),
                     a.dev or " or ".join(rec.candidates) or rec.uplink,
                     self.records[rec.key].attempts,
-                    "; its uplink changed meanwhile, so it is looked at again" if flapped else "",
                     outcome,
                     extra=messages.fields(messages.FAILED, rec.domain, rec.mac, rec.uplink),
                 )

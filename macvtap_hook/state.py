@@ -103,10 +103,22 @@ def parse_state(raw: bytes) -> tuple[ParkedNic, ...]:
     return tuple(record_from_dict(item) for item in data["parked"])
 
 
+def _create_temporary(path: Path) -> tuple[int, Path]:
+    """A new private file beside `path`. Not tempfile.mkstemp: importing
+    tempfile costs every run a few ms. Nor os.urandom, which can block early
+    in boot, when udev runs us; the pid and the clock make the name, and
+    O_EXCL (never following a link) skips one a crashed run left behind."""
+    for attempt in range(100):
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.{attempt}")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name beside {path}")
+
+
 def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
-    # Not tempfile.mkstemp: importing tempfile costs every run a few ms.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    fd, tmp = _create_temporary(path)
     try:
         os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as out:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import stat
 import xml.etree.ElementTree as ET
@@ -254,46 +255,67 @@ def test_failed_attach_keeps_record_with_error_and_retries_later(
     assert report.attached == 1 and world.store.load() == ()
 
 
-@pytest.mark.parametrize("flap", ["re-created", "gone"])
-def test_an_attach_that_fails_because_the_uplink_flapped_meanwhile_is_no_error(
-    world: World, caplog: pytest.LogCaptureFixture, flap: str
+SEVERED = (
+    "internal error: unable to execute QEMU command 'netdev_add': Unable to query TUNGETIFF: Link has been severed"
+)
+
+
+@pytest.mark.parametrize(("kind", "flap"), [("direct", "re-created"), ("direct", "gone"), ("pool", "re-created")])
+def test_an_attach_cut_short_by_its_uplink_flapping_is_no_failure(
+    world: World, caplog: pytest.LogCaptureFixture, kind: str, flap: str
 ) -> None:
-    park_vm1_then_return_its_uplink(world)
-
-    def flapping() -> None:
+    back = "up0"
+    if kind == "direct":
+        park_vm1_then_return_its_uplink(world)
+    else:  # sat on up0; both members go, only up1 returns
+        world.hv.networks["pool"] = ("up0", "up1")
+        world.hv.start("vm1", UUID1, [network_nic(MAC1, "pool")])
         world.links.delete("up0")
-        if flap == "re-created":
-            world.links.add("up0")
-
-    world.hv.during_attach = flapping
-    world.hv.fail_attach = "Unable to query TUNGETIFF on FD 13: Link has been severed"
-    report = world.engine().converge(retry_failed=False)
-    assert report.failed == 1 and len(world.store.load()) == 1
-    (line,) = [r for r in caplog.records if "failed (attempt 1" in r.getMessage()]
-    assert line.levelname == "WARNING" and "uplink changed meanwhile" in line.getMessage()
-    world.hv.during_attach = world.hv.fail_attach = None
-    if flap == "gone":
-        world.links.add("up0")
-    assert world.converge().attached == 1
-
-
-def test_an_uplink_that_flapped_during_the_attach_is_tried_again_in_the_same_run(world: World) -> None:
-    park_vm1_then_return_its_uplink(world)
+        world.links.delete("up1")
+        world.converge()
+        world.links.add("up1")
+        back = "up1"
     flaps = iter([True])
 
     def flap_once() -> None:
+        world.hv.fail_attach = None
         if next(flaps, False):
-            world.links.delete("up0")
-            world.links.add("up0")
-            world.hv.fail_attach = "Unable to query TUNGETIFF on FD 13: Link has been severed"
-        else:
-            world.hv.fail_attach = None
+            world.links.delete(back)
+            if flap == "re-created":
+                world.links.add(back)
+            world.hv.fail_attach = SEVERED
 
     world.hv.during_attach = flap_once
     report = world.converge()
-    assert (report.failed, report.attached) == (1, 1)
-    assert world.store.load() == () and world.hv.macs(UUID1) == [MAC1]
-    assert report.attention == []
+    (line,) = [r for r in caplog.records if "cut short" in r.getMessage()]
+    assert line.levelname == "WARNING" and back in line.getMessage()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert report.failed == 0 and report.attention == []
+    if flap == "re-created":
+        assert report.attached == 1 and world.store.load() == (), "tried again in the same run"
+    else:
+        (rec,) = world.store.load()
+        assert rec.state == "parked" and rec.last_error is None, "waiting for its uplink, no alarm"
+        world.links.add(back)
+        assert world.converge().attached == 1
+
+
+def test_an_uplink_that_flaps_during_every_attach_is_tried_twice_per_run(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    park_vm1_then_return_its_uplink(world)
+
+    def flap() -> None:
+        world.links.delete("up0")
+        world.links.add("up0")
+        world.hv.fail_attach = SEVERED
+
+    world.hv.during_attach = flap
+    report = world.converge()
+    assert [c[0] for c in world.hv.calls].count("attach") == 2
+    assert report.failed == 1 and len(report.attention) == 1
+    said = [r.levelname for r in caplog.records if "cut short" in r.getMessage() or "failed (attempt" in r.getMessage()]
+    assert said == ["WARNING", "ERROR"]
 
 
 def test_unreachable_libvirt_leaves_records_alone(world: World) -> None:

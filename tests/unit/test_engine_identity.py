@@ -119,6 +119,30 @@ def test_same_hardware_back_under_another_name_gets_the_nic(world: World, caplog
     assert [c[0] for c in world.hv.calls].count("attach") == 1
 
 
+def test_an_attach_under_another_name_cut_short_by_that_link_flapping_is_no_failure(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    world.links.delete("enx00e04c680001")
+    world.converge()
+    new = dict(perm_mac=PERM, udev=dict(USB, ID_NET_NAME_PATH="enp0s20f0u2"))
+    world.links.add("enp0s20f0u2", **new)  # type: ignore[arg-type]
+    flaps = iter([True])
+
+    def flap_once() -> None:
+        world.hv.fail_attach = None
+        if next(flaps, False):
+            world.links.delete("enp0s20f0u2")
+            world.links.add("enp0s20f0u2", **new)  # type: ignore[arg-type]
+            world.hv.fail_attach = "Unable to query TUNGETIFF: Link has been severed"
+
+    world.hv.during_attach = flap_once
+    report = world.converge()
+    assert [
+        r.levelname for r in caplog.records if "enp0s20f0u2" in r.getMessage() and "cut short" in r.getMessage()
+    ] == ["WARNING"]
+    assert (report.failed, report.attached) == (0, 1) and world.source() == "enp0s20f0u2"
+
+
 def test_old_name_and_new_name_both_present_attach_once_on_the_old(world: World) -> None:
     world.links.delete("enx00e04c680001")
     world.converge()
