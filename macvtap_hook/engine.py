@@ -185,7 +185,9 @@ class Engine:
         self.stacked = stacked
         self.maker = maker
         self.observed: dict[Key, Observed] = {}
-        self.flapped: set[Key] = set()  # NICs whose uplink changed during their attach
+        # NICs whose uplink changed during their attach, once and twice
+        self.flapped: set[Key] = set()
+        self.flapped_twice: set[Key] = set()
         self._identities: dict[tuple[str, int], UplinkIdentity | None] = {}
 
     # -- gathering the truth -------------------------------------------------
@@ -293,7 +295,7 @@ class Engine:
         for _ in range(MAX_ROUNDS):
             snap = self.snapshot()
             todo = plan(snap, retry_stuck=retry_stuck, only=only, retry_failed=retry_failed)
-            todo = todo.without(failed, self.meta_failed)
+            todo = todo.without(failed | self.flapped_twice, self.meta_failed)
             self.observed = dict(todo.observed)
             if todo.empty:
                 self.report.final = snap
@@ -566,14 +568,17 @@ class Engine:
                 self.records.pop(rec.key, None)
                 log.info("domain %s stopped before its NIC %s could be re-attached", rec.domain.name, rec.mac)
             elif isinstance(outcome, HypervisorError | HypervisorUnavailable):
-                if after is not None and rec.key not in self.flapped and self._changed_meanwhile(a, after):
-                    # Not the NIC's failure: it stays parked, waiting for its uplink,
-                    # and is tried once more in this run if the uplink is there now.
-                    self.flapped.add(rec.key)
+                if after is not None and self._changed_meanwhile(a, after):
+                    # Not the NIC's failure: it stays parked, waiting for its uplink.
+                    # Tried once more in this convergence; after that the uplink's own
+                    # events (it keeps changing) bring the next try.
+                    again = rec.key in self.flapped
+                    (self.flapped_twice if again else self.flapped).add(rec.key)
                     log.warning(
-                        "re-attach of %s on %s was cut short: the uplink changed meanwhile (%s)",
+                        "re-attach of %s on %s was cut short%s: the uplink changed meanwhile (%s)",
                         _nic(rec.domain, rec.mac),
                         a.dev or " or ".join(rec.candidates) or rec.uplink,
+                        " again; its next event retries" if again else "",
                         outcome,
                     )
                     continue
