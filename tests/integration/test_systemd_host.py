@@ -372,11 +372,25 @@ def nmcli(host: sh.SystemdHost, *args: str, check: bool = True) -> subprocess.Co
 
 
 @pytest.fixture
-def networkmanager(host: sh.SystemdHost) -> Iterator[sh.SystemdHost]:
-    """NetworkManager running, the package's udev rule masked in the inner
-    /run: only NetworkManager's dispatcher can start the tool."""
+def udev_rule_masked(host: sh.SystemdHost) -> Iterator[sh.SystemdHost]:
+    """The package's udev rule masked in the inner /run: only the other
+    starters (NetworkManager's dispatcher, libvirt's hooks) can start the tool."""
     mask = host.root / "run/udev/rules.d/90-macvtap-hook.rules"
+    mask.parent.mkdir(parents=True, exist_ok=True)
     mask.symlink_to("/dev/null")
+    host.run("udevadm", "control", "--reload")
+    try:
+        yield host
+    finally:
+        mask.unlink(missing_ok=True)
+        host.run("udevadm", "control", "--reload", check=False)
+
+
+@pytest.fixture
+def networkmanager(udev_rule_masked: sh.SystemdHost) -> Iterator[sh.SystemdHost]:
+    """NetworkManager running, the package's udev rule masked: only
+    NetworkManager's dispatcher can start the tool."""
+    host = udev_rule_masked
     # NetworkManager's own rule leaves every veth but eth* unmanaged; the test
     # links are the exception (set before they are created).
     managed = host.root / "run/udev/rules.d/86-mht-nm-managed.rules"
@@ -395,18 +409,16 @@ def networkmanager(host: sh.SystemdHost) -> Iterator[sh.SystemdHost]:
         for name in (NM_PORT, NM_CONN):
             nmcli(host, "connection", "delete", name, check=False)
         host.systemctl("stop", "NetworkManager.service", check=False)
-        mask.unlink(missing_ok=True)
         managed.unlink(missing_ok=True)
         host.run("udevadm", "control", "--reload", check=False)
         for keyfile in Path("/etc/NetworkManager/system-connections").glob(f"{SUB}*"):
             keyfile.unlink()
 
 
-def test_networkmanager_dispatcher_alone_parks_and_reattaches(harness, host, bed, networkmanager, timings) -> None:  # type: ignore[no-untyped-def]
-    """(g): a direct NIC on a NetworkManager bridge that `nmcli con down`/`up`
-    deletes and re-creates; the udev rule is masked, only the dispatcher acts."""
-    resolv = Path("/etc/resolv.conf").read_bytes()
-    port = harness.Uplink.make(5, SUB)  # the bridge's port; its peer answers the guest's pings
+def nm_bridge(harness: Any, host: sh.SystemdHost) -> tuple[Any, str]:
+    """A bridge NetworkManager owns (connection NM_CONN, up) whose port is a
+    veth (NM_PORT) whose peer answers the guests' pings."""
+    port = harness.Uplink.make(5, SUB)
     bridge = f"{SUB}br0"
     nmcli(host, "connection", "add", "type", "bridge", "ifname", bridge, "con-name", NM_CONN,
           "autoconnect", "no", "connection.autoconnect-slaves", "yes", "bridge.stp", "no",
@@ -420,6 +432,19 @@ def test_networkmanager_dispatcher_alone_parks_and_reattaches(harness, host, bed
         return bool(br and member) and member[0].get("master") == bridge and "UP" in br[0]["flags"]
 
     wait_for(bridge_ready, 30, f"{bridge} up with {port.name} in it")
+    return port, bridge
+
+
+def tap_master(harness: Any, tap: str) -> str | None:
+    master = harness.port_of(tap)["master"]
+    return str(master) if master else None
+
+
+def test_networkmanager_dispatcher_alone_parks_and_reattaches(harness, host, bed, networkmanager, timings) -> None:  # type: ignore[no-untyped-def]
+    """(g): a direct NIC on a NetworkManager bridge that `nmcli con down`/`up`
+    deletes and re-creates; the udev rule is masked, only the dispatcher acts."""
+    resolv = Path("/etc/resolv.conf").read_bytes()
+    port, bridge = nm_bridge(harness, host)
     nic = harness.Nic(mac=harness.mac_for(5, 10), address=port.guest_address(10), peer=port.peer_addr, uplink=bridge)
     guest = bed.guest([nic])
     guest.wait_for_ping(nic.mac, timeout=90)
@@ -456,6 +481,74 @@ def test_networkmanager_dispatcher_alone_parks_and_reattaches(harness, host, bed
     assert f"parked NIC {nic.mac} of domain {guest.name}: detached" in text, text
     assert f"re-attached NIC {nic.mac} of domain {guest.name} on {bridge}" in text, text
     assert Path("/etc/resolv.conf").read_bytes() == resolv, "NetworkManager left /etc/resolv.conf alone"
+
+
+def test_networkmanager_up_of_a_bridge_puts_a_bridged_guests_tap_back(
+    harness, host, bed, networkmanager, timings
+) -> None:  # type: ignore[no-untyped-def]
+    """Issue 8 through NetworkManager alone (udev rule masked): `nmcli con
+    down` deletes the bridge and leaves a `type='bridge'` guest's tap on no
+    bridge; `nmcli con up` makes it again, the dispatcher's `up` hands off to
+    a worker unit, which puts the same tap back: no unplug."""
+    port, bridge = nm_bridge(harness, host)
+    nic = harness.Nic(mac=harness.mac_for(5, 11), address=port.guest_address(11), peer=port.peer_addr, bridge=bridge)
+    guest = bed.guest([nic])
+    guest.wait_for_ping(nic.mac, timeout=90)
+    tap = guest.macvtap_of(nic.mac)
+    assert tap and tap_master(harness, tap) == bridge
+
+    nmcli(host, "connection", "down", NM_CONN)
+    wait_for(lambda: not harness.link_info(bridge), 30, "NetworkManager to delete the bridge")
+    settle(host)
+    assert tap_master(harness, tap) is None, "the tap survives the bridge, on no bridge"
+    pos = guest.console_position()
+    start = time.monotonic()
+    nmcli(host, "connection", "up", NM_CONN)
+    wait_for(lambda: tap_master(harness, tap) == bridge, 60, f"{tap} back on {bridge}")
+    timings["NetworkManager path: `nmcli con up` -> tap on the bridge"] = time.monotonic() - start
+    guest.wait_for_ping(nic.mac, after_line=pos, timeout=30)
+    timings["NetworkManager path: `nmcli con up` -> bridged guest pings"] = time.monotonic() - start
+    settle(host)
+    assert guest.macvtap_of(nic.mac) == tap, "the same tap: never unplugged"
+    text = "\n".join(unit_lines(host, bed.cursor, f"{PKG}@*"))
+    assert f"put tap {tap} of NIC {nic.mac} of domain {guest.name} back on bridge {bridge}" in text, text
+
+
+def test_libvirt_network_hook_hands_off_to_a_worker_unit(harness, host, bed, udev_rule_masked, timings) -> None:  # type: ignore[no-untyped-def]
+    """Issue 8 through libvirt's network hook alone (udev rule masked), as
+    the package installs it: libvirtd, restarted since (it finds hooks when
+    it starts), runs the hook on `virsh net-start`; the hook hands off to a
+    worker unit, which puts the guest's tap back on the network's bridge."""
+    bed.conn.close()
+    host.systemctl("restart", "libvirtd.service")
+    _wait_libvirt(host)
+    reconnect(harness, bed, host)
+    bridge = f"{SUB}vbr6"
+    net = bed.bridge_network("br6", bridge, "52:54:00:77:06:01")
+    bu = bed.bridge_uplink(6, create_bridge=False)
+    bu.bridge = bridge
+    bu.enslave_port()
+    nic = harness.Nic.on_network(f"{SUB}-br6", bu, 10)
+    guest = bed.guest([nic])
+    guest.wait_for_ping(nic.mac, timeout=120)
+    tap = guest.macvtap_of(nic.mac)
+    assert tap and tap_master(harness, tap) == bridge
+    cursor = host_cursor(host)
+    net.destroy()
+    settle(host)
+    assert tap_master(harness, tap) is None
+    pos = guest.console_position()
+    start = time.monotonic()
+    net.create()  # virsh net-start: libvirt makes the bridge again, and leaves the tap off it
+    bu.enslave_port()
+    wait_for(lambda: tap_master(harness, tap) == bridge, 60, f"{tap} back on {bridge}")
+    timings["systemd path: net-start -> tap on the bridge"] = time.monotonic() - start
+    guest.wait_for_ping(nic.mac, after_line=pos, timeout=30)
+    settle(host)
+    lines = unit_lines(host, cursor, f"{PKG}@*")
+    print("\n".join(["journal of the network hook's hand-off:", *lines]))
+    put_back = f"put tap {tap} of NIC {nic.mac} of domain {guest.name} back on bridge {bridge}"
+    assert any(line.startswith(f"{PKG}@") and put_back in line for line in lines), "\n".join(lines)
 
 
 def test_purge_leaves_nothing(host) -> None:  # type: ignore[no-untyped-def]
