@@ -309,30 +309,35 @@ class Engine:
         return todo, snap
 
     def _recreate_uplinks(self, todo: Plan, links: Links) -> bool:
-        """On each interface that appeared, create the missing uplinks that
-        config.toml declares on it, then let the administrator's hooks
-        re-create the others; True if anything was done (then look again)."""
+        """Create the missing uplinks that config.toml declares, on each
+        parent that exists: every run, as the event of a parent's return may
+        have been missed, and a declared link is the administrator's word.
+        Then let the administrator's hooks re-create the others, on each
+        interface that appeared. True if anything was done (then look again)."""
         missing = missing_uplinks(todo, links)
         if not missing:
             return False
-        appeared = sorted({h.iface for h in self.hints if h.action == "add" and h.iface and h.iface in links})
         done = False
+        for spec in self.stacked:
+            parent = links.get(spec.parent)
+            if spec.name not in missing or parent is None or parent.kind == "macvtap" or self.maker is None:
+                continue
+            try:
+                self.maker.create(spec, parent.ifindex)
+            except OSError as exc:
+                log.warning("could not create %s %s on %s: %s", spec.kind, spec.name, spec.parent, exc)
+                continue
+            log.info("created %s %s on %s: parked NICs wait for it", spec.kind, spec.name, spec.parent)
+            missing = tuple(m for m in missing if m != spec.name)
+            done = True
+        if self.hooks is None or not missing:
+            return done
+        appeared = sorted({h.iface for h in self.hints if h.action == "add" and h.iface and h.iface in links})
         for iface in appeared:
             link = links.get(iface)
             if link is None or iface in missing or link.kind == "macvtap":
                 continue
-            for spec in self.stacked:
-                if spec.parent == iface and spec.name in missing and self.maker is not None:
-                    try:
-                        self.maker.create(spec, link.ifindex)
-                    except OSError as exc:
-                        log.warning("could not create %s %s on %s: %s", spec.kind, spec.name, iface, exc)
-                        continue
-                    log.info("created %s %s on %s: parked NICs wait for it", spec.kind, spec.name, iface)
-                    missing = tuple(m for m in missing if m != spec.name)
-                    done = True
-            if self.hooks is not None and missing:
-                done = self.hooks.run(iface, missing) > 0 or done
+            done = self.hooks.run(iface, missing) > 0 or done
         return done
 
     def execute(self, todo: Plan) -> set[Key]:

@@ -320,6 +320,24 @@ def test_stacked_uplink_declared_in_config_is_created_on_its_parent(tmp_path: Pa
     assert hooks.calls == [], "nothing left for the hooks to do"
 
 
+def test_a_declared_stacked_uplink_is_created_even_when_its_parents_event_was_missed(tmp_path: Path) -> None:
+    """Events are hints: the next run (reconcile, the timer's) creates it all the same."""
+    w = World(tmp_path)
+    w.links.add("eth1")
+    w.links.add("vmvlan", kind="vlan", parent=w.links.links["eth1"].ifindex)
+    w.hv.start("vm1", UUID1, [direct_nic(MAC1, "vmvlan")])
+    w.links.delete("vmvlan")
+    w.links.delete("eth1")
+    spec = StackedUplink(name="vmvlan", parent="eth1", kind="vlan", vlan_id=100)
+    w.converge(stacked=(spec,))
+    w.links.add("eth1")
+    w.links.take_events()  # lost: the run below has no hint of it
+    hooks = HookStub(w.links, creates=None)
+    report = w.converge(stacked=(spec,), hooks=hooks)
+    assert report.attached == 1 and w.source() == "vmvlan"
+    assert hooks.calls == [], "hooks still run only for an interface that appeared"
+
+
 class Refuses:
     """honours LinkMaker.create: a kernel without the VLAN module says so."""
 
