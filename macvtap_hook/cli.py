@@ -169,7 +169,7 @@ def _hand_off(cfg: Config, hint: Hint, seqnum: str | None) -> bool:
     except (OSError, subprocess.TimeoutExpired) as exc:
         failure = str(exc)
     if failure:
-        log.warning("could not start %s (%s); running inline", unit, failure)
+        log.warning("could not start %s (%s); doing the work without it", unit, failure)
         written.unlink(missing_ok=True)  # the inline run queues its own
         return False
     log.debug("%s: handed to %s", hint.describe(), unit)

@@ -131,7 +131,7 @@ def test_systemd_handoff_failure_falls_back_to_inline(tmp_path: Path, fake_syste
         env=dict(env, ACTION="remove", SUBSYSTEM="net", INTERFACE="eth1", SEQNUM="999"),
         capture_output=True, text=True, check=False,
     )  # fmt: skip
-    assert "running inline" in done.stderr
+    assert "could not start macvtap-hook@999.service" in done.stderr and "doing the work without it" in done.stderr
     assert done.returncode == 5, "inline run tried libvirt"
     assert len(list((tmp_path / "run" / "hints").iterdir())) == 1, "one event, one kept hint"
 
