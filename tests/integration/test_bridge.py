@@ -86,14 +86,8 @@ def test_port_settings_are_restored(harness, testbed, hook) -> None:  # type: ig
 
 
 def test_libvirt_network_destroyed_and_started(harness, testbed, hook, timings) -> None:  # type: ignore[no-untyped-def]
-    bridge = f"{testbed.prefix}vbr6"
-    net = testbed.bridge_network("br6", bridge, "52:54:00:77:06:01")
-    bu = testbed.bridge_uplink(6, create_bridge=False)
-    bu.bridge = bridge
-    bu.enslave_port()
-    nic = harness.Nic.on_network(f"{testbed.prefix}-br6", bu, 10)
-    guest = testbed.guest([nic])
-    guest.wait_for_ping(nic.mac, timeout=120)
+    net, bu, nic, guest = testbed.guest_on_bridge_network(6)
+    bridge = bu.bridge
     tap = tap_of(harness, guest, nic.mac)
     net.destroy()
     hook.settle()
@@ -149,14 +143,8 @@ def test_libvirt_network_hook_alone_puts_the_tap_back(harness, testbed, configur
         stop_libvirtd()  # libvirtd finds its hooks when it starts
         start_libvirtd()
         reconnect(testbed, harness)
-        bridge = f"{testbed.prefix}vbr6"
-        net = testbed.bridge_network("br6", bridge, "52:54:00:77:06:01")
-        bu = testbed.bridge_uplink(6, create_bridge=False)
-        bu.bridge = bridge
-        bu.enslave_port()
-        nic = harness.Nic.on_network(f"{testbed.prefix}-br6", bu, 10)
-        guest = testbed.guest([nic])
-        guest.wait_for_ping(nic.mac, timeout=120)
+        net, bu, nic, guest = testbed.guest_on_bridge_network(6)
+        bridge = bu.bridge
         tap = tap_of(harness, guest, nic.mac)
         net.destroy()
         pos = guest.console_position()

@@ -573,14 +573,8 @@ def test_libvirt_network_hook_hands_off_to_a_worker_unit(harness, host, bed, ude
     host.systemctl("restart", "libvirtd.service")
     _wait_libvirt(host)
     reconnect(harness, bed, host)
-    bridge = f"{SUB}vbr6"
-    net = bed.bridge_network("br6", bridge, "52:54:00:77:06:01")
-    bu = bed.bridge_uplink(6, create_bridge=False)
-    bu.bridge = bridge
-    bu.enslave_port()
-    nic = harness.Nic.on_network(f"{SUB}-br6", bu, 10)
-    guest = bed.guest([nic])
-    guest.wait_for_ping(nic.mac, timeout=120)
+    net, bu, nic, guest = bed.guest_on_bridge_network(6)
+    bridge = bu.bridge
     tap = guest.macvtap_of(nic.mac)
     assert tap and tap_master(harness, tap) == bridge
     cursor = host_cursor(host)

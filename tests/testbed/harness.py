@@ -746,6 +746,20 @@ class Testbed:
         net.create()
         return net
 
+    def guest_on_bridge_network(self, index: int) -> tuple[libvirt.virNetwork, BridgeUplink, Nic, Guest]:
+        """A libvirt network on its own bridge ``{prefix}vbr{index}``, whose
+        port is uplink ``index`` (its peer answers pings), and a booted guest
+        with a ``type='network'`` NIC on it."""
+        bridge = _check_ifname(f"{self.prefix}vbr{index}")
+        net = self.bridge_network(f"br{index}", bridge, f"52:54:00:77:{index:02x}:01")
+        bu = self.bridge_uplink(index, create_bridge=False)
+        bu.bridge = bridge
+        bu.enslave_port()
+        nic = Nic.on_network(f"{self.prefix}-br{index}", bu, 10)
+        guest = self.guest([nic])
+        guest.wait_for_ping(nic.mac, timeout=120)
+        return net, bu, nic, guest
+
     def pool_network(self, suffix: str, devs: Sequence[str], start: bool = True) -> libvirt.virNetwork:
         return define_pool_network(self.conn, f"{self.prefix}-{suffix}", devs, start=start)
 

@@ -298,7 +298,9 @@ def test_status_shows_the_identity_and_names_a_nic_waits_for(world: World) -> No
     assert f"permanent MAC {PERM}" in entry["advice"] and "under any name" in entry["advice"]
 
 
-def test_stacked_uplink_declared_in_config_is_created_on_its_parent(tmp_path: Path) -> None:
+def parked_on_vmvlan(tmp_path: Path) -> tuple[World, StackedUplink]:
+    """vm1's NIC sat on vmvlan (VLAN 100 on eth1), parked when eth1 went
+    and took vmvlan with it; the [[stacked]] table that declares vmvlan."""
     w = World(tmp_path)
     w.links.add("eth1")
     w.links.add("vmvlan", kind="vlan", parent=w.links.links["eth1"].ifindex)
@@ -307,6 +309,11 @@ def test_stacked_uplink_declared_in_config_is_created_on_its_parent(tmp_path: Pa
     w.links.delete("eth1")
     spec = StackedUplink(name="vmvlan", parent="eth1", kind="vlan", vlan_id=100)
     w.converge(stacked=(spec,))
+    return w, spec
+
+
+def test_stacked_uplink_declared_in_config_is_created_on_its_parent(tmp_path: Path) -> None:
+    w, spec = parked_on_vmvlan(tmp_path)
     assert "vmvlan" not in w.links.links and len(w.parked()) == 1
 
     w.links.add("eth2")  # not its parent
@@ -322,14 +329,7 @@ def test_stacked_uplink_declared_in_config_is_created_on_its_parent(tmp_path: Pa
 
 def test_a_declared_stacked_uplink_is_created_even_when_its_parents_event_was_missed(tmp_path: Path) -> None:
     """Events are hints: the next run (reconcile, the timer's) creates it all the same."""
-    w = World(tmp_path)
-    w.links.add("eth1")
-    w.links.add("vmvlan", kind="vlan", parent=w.links.links["eth1"].ifindex)
-    w.hv.start("vm1", UUID1, [direct_nic(MAC1, "vmvlan")])
-    w.links.delete("vmvlan")
-    w.links.delete("eth1")
-    spec = StackedUplink(name="vmvlan", parent="eth1", kind="vlan", vlan_id=100)
-    w.converge(stacked=(spec,))
+    w, spec = parked_on_vmvlan(tmp_path)
     w.links.add("eth1")
     w.links.take_events()  # lost: the run below has no hint of it
     hooks = HookStub(w.links, creates=None)
@@ -346,15 +346,8 @@ class Refuses:
 
 
 def test_a_stacked_uplink_the_kernel_refuses_is_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    w = World(tmp_path)
+    w, spec = parked_on_vmvlan(tmp_path)
     w.links.add("eth1")
-    w.links.add("vmvlan", kind="vlan", parent=w.links.links["eth1"].ifindex)
-    w.hv.start("vm1", UUID1, [direct_nic(MAC1, "vmvlan")])
-    w.links.delete("vmvlan")
-    w.links.delete("eth1")
-    w.converge()
-    w.links.add("eth1")
-    spec = StackedUplink(name="vmvlan", parent="eth1", kind="vlan", vlan_id=100)
     with caplog.at_level(logging.WARNING):
         assert w.converge(stacked=(spec,), maker=Refuses()).attached == 0
     assert "could not create vlan vmvlan on eth1: [Errno 95] Operation not supported" in caplog.text
