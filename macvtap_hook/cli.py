@@ -128,15 +128,14 @@ def _on_event(cfg: Config, hint: Hint | None, seqnum: str | None) -> int:
 
 
 def _matters(cfg: Config, hint: Hint) -> bool:
-    from macvtap_hook.events import awaited_under_another_name, needs_work, only_another_name_could_matter
+    from macvtap_hook import events
 
     if hint.bridge:
         return True  # events.bridge_appeared
-    if not needs_work(hint.action, hint.iface, hint.old_iface, str(cfg.run_dir), str(hint.ifindex or "")):
-        return False
-    if not only_another_name_could_matter(hint.action, hint.iface, str(cfg.run_dir)):
-        return True
-    return awaited_under_another_name(
+    said = events.verdict(hint.action, hint.iface, hint.old_iface, str(cfg.run_dir), str(hint.ifindex or ""))
+    if said != events.IF_AWAITED:
+        return said == events.YES
+    return events.awaited_under_another_name(
         hint,
         str(cfg.state_file),
         str(cfg.hints_dir),

@@ -95,10 +95,23 @@ def hint_from_nm(iface: str, action: str) -> Hint | None:
     return Hint(source="nm-dispatcher", action=kind, iface=iface, bridge=bridge_appeared(kind, iface))
 
 
+NO, YES, IF_AWAITED = "no", "yes", "if-awaited"
+
+
 def needs_work(
     action: str, iface: str | None, old: str | None, run_dir: str, ifindex: str | None = None, sysfs: str = SYSFS_NET
 ) -> bool:
-    """False only when the index shows the event cannot matter.
+    """False only when the index shows the event cannot matter."""
+    return verdict(action, iface, old, run_dir, ifindex, sysfs) != NO
+
+
+def verdict(
+    action: str, iface: str | None, old: str | None, run_dir: str, ifindex: str | None = None, sysfs: str = SYSFS_NET
+) -> str:
+    """What the index says of an event: NO when it cannot matter, YES when
+    it needs a full run, IF_AWAITED when it matters only if the interface
+    is what a parked NIC waits for under another name (see
+    awaited_under_another_name).
 
     A macvtap that appears is the start of a NIC (a guest started, a NIC
     hot-plugged): it matters unless the index already names the device it
@@ -110,7 +123,7 @@ def needs_work(
     """
     names = index.read_index(run_dir)
     if names is None or not iface:
-        return True
+        return YES
     if action == "add":
         base = os.path.join(sysfs, iface)
         try:
@@ -119,27 +132,13 @@ def needs_work(
         except OSError:
             now = None
         if now is None or (ifindex and now != ifindex):
-            return iface.startswith(MACVTAP_PREFIX) or iface in names
+            return YES if iface.startswith(MACVTAP_PREFIX) or iface in names else NO
         if os.path.isdir(os.path.join(base, "macvtap")):
             lower = lower_device(iface, sysfs)
-            return lower is None or lower not in names
-        if index.PARKED in names:
-            return True  # a parked NIC's uplink may come back under another name: see awaited_under_another_name
-    return iface in names or (old is not None and old in names)
-
-
-def only_another_name_could_matter(action: str, iface: str | None, run_dir: str) -> bool:
-    """Whether an event needs_work() let through matters only if the
-    interface is a parked NIC's uplink under another name."""
-    names = index.read_index(run_dir)
-    return (
-        action == "add"
-        and names is not None
-        and index.PARKED in names
-        and iface is not None
-        and iface not in names
-        and not iface.startswith(MACVTAP_PREFIX)
-    )
+            return YES if lower is None or lower not in names else NO
+        if index.PARKED in names and iface not in names:
+            return IF_AWAITED
+    return YES if iface in names or (old is not None and old in names) else NO
 
 
 def configured_run_dir() -> str | None:

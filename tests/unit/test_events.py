@@ -226,17 +226,20 @@ def test_malformed_or_unknown_events_are_left_to_the_full_path(tmp_path: Path, m
 
 
 def test_while_something_is_parked_a_new_name_goes_to_the_identity_check(tmp_path: Path) -> None:
-    from macvtap_hook.events import only_another_name_could_matter
+    from macvtap_hook.events import IF_AWAITED, YES, verdict
 
     run = str(tmp_path / "run")
-    sysfs = fake_sysfs(tmp_path / "sys", {"eth1": None, "enx9": None})
+    sysfs = fake_sysfs(tmp_path / "sys", {"eth1": None, "enx9": None, "vmtap7": "eth9"})
     index.write_index(run, ["eth1"])
     assert not needs_work("add", "enx9", None, run, sysfs=sysfs)
     index.write_index(run, ["eth1", index.PARKED])
     assert index.read_index(run) == {"eth1", index.PARKED}
     assert needs_work("add", "enx9", None, run, sysfs=sysfs), "it may be the parked NIC's uplink, renamed"
-    assert only_another_name_could_matter("add", "enx9", run)
-    assert not only_another_name_could_matter("add", "eth1", run), "an indexed name runs in full anyway"
+    assert verdict("add", "enx9", None, run, sysfs=sysfs) == IF_AWAITED
+    assert verdict("add", "eth1", None, run, sysfs=sysfs) == YES, "an indexed name runs in full anyway"
+    assert verdict("add", "vmtap7", None, run, sysfs=sysfs) == YES, (
+        "a macvtap of another name on an unindexed device starts a NIC: never left to the identity check"
+    )
     assert not needs_work("remove", "enx9", None, run, sysfs=sysfs), "a removal of an unindexed name still cannot"
 
 
