@@ -9,7 +9,7 @@ No I/O here; the engine carries the actions out through the links adapter.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -120,26 +120,3 @@ def plan_ports(domains: Sequence[DomainView], links: Links, only: frozenset[str]
                 )
             )
     return tuple(todo)
-
-
-@dataclass(frozen=True)
-class BridgeNicState:
-    """One bridge NIC as `status` lists it."""
-
-    domain: str
-    uuid: str
-    mac: str
-    tap: str | None
-    bridge: str | None
-    network: str | None
-    state: PortState
-
-
-def bridge_nic_states(domains: Iterable[DomainView], links: Links) -> list[BridgeNicState]:
-    """Every running domain's bridge NICs and where their taps stand; for
-    `status` (which needs libvirt's live XML and a links snapshot for it)."""
-    return [
-        BridgeNicState(dom.ref.name, dom.ref.uuid, nic.mac, nic.tap, nic.bridge, nic.network, port_state(nic, links))
-        for dom in domains
-        for nic in dom.bridge_nics
-    ]

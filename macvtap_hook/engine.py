@@ -22,7 +22,7 @@ from macvtap_hook.errors import DomainGone, HypervisorError, HypervisorUnavailab
 from macvtap_hook.hypervisor import Hypervisor
 from macvtap_hook.identity import StackedUplink, UplinkIdentity, UplinkRule, identity_from_udev
 from macvtap_hook.index import PARKED
-from macvtap_hook.model import DomainRef, Links, LiveNic, ParkedNic, nic_key
+from macvtap_hook.model import DomainRef, Links, LiveNic, ParkedNic, nic_key, nic_label
 from macvtap_hook.planner import (
     Attach,
     Forget,
@@ -79,10 +79,6 @@ class Report:
     final: Snapshot | None = None  # the truth the run ended with (status counts, metrics)
 
 
-def _nic(ref: DomainRef, mac: str) -> str:
-    return f"NIC {mac} of domain {ref.name}"
-
-
 def watched_uplinks(snap: Snapshot, records: Iterable[ParkedNic]) -> frozenset[str]:
     """Every interface whose loss, return or rename can matter: the uplinks
     live NICs name, the lower devices of every macvtap on the host (libvirt
@@ -100,9 +96,7 @@ def watched_uplinks(snap: Snapshot, records: Iterable[ParkedNic]) -> frozenset[s
     return frozenset(names)
 
 
-def per_domain(
-    records: Sequence[ParkedNic], action: Callable[[ParkedNic], T], workers: int = PARALLEL_DOMAINS
-) -> dict[Key, T | MacvtapHookError]:
+def per_domain(records: Sequence[ParkedNic], action: Callable[[ParkedNic], T]) -> dict[Key, T | MacvtapHookError]:
     """Run `action` on every record: one domain's records one after the
     other, different domains at once (libvirt locks per domain, and a guest's
     hotplug mostly waits for QEMU); returns what each returned or raised."""
@@ -124,7 +118,7 @@ def per_domain(
         return outcomes
     from concurrent.futures import ThreadPoolExecutor
 
-    with ThreadPoolExecutor(max_workers=min(workers, len(groups))) as pool:
+    with ThreadPoolExecutor(max_workers=min(PARALLEL_DOMAINS, len(groups))) as pool:
         for future in [pool.submit(run_group, g) for g in groups.values()]:
             future.result()  # a bug in action is raised here, not lost
     return outcomes
@@ -270,7 +264,7 @@ class Engine:
             todo, snap = self._rounds(failed, False, only, retry_failed)
         for rec, names in todo.ambiguous:
             log.warning(
-                "%s waits for %s: %s all look like it, so none is used", _nic(rec.domain, rec.mac), rec.uplink,
+                "%s waits for %s: %s all look like it, so none is used", nic_label(rec.domain, rec.mac), rec.uplink,
                 ", ".join(names),
             )  # fmt: skip
         seen = {k: (o.ifindex, o.identity) for k, o in todo.observed.items()}
@@ -367,7 +361,7 @@ class Engine:
         self.report.forgotten += 1
         log.info(
             "forgot parked %s (uplink %s): %s",
-            _nic(rec.domain, rec.mac),
+            nic_label(rec.domain, rec.mac),
             rec.uplink,
             f.reason,
             extra=messages.fields(messages.FORGOTTEN, rec.domain, rec.mac, rec.uplink),
@@ -437,7 +431,7 @@ class Engine:
             if (p.domain.uri, p.domain.uuid) in no_meta:
                 log.error(
                     "not detaching %s: its record could not be written to the domain",
-                    _nic(p.domain, p.nic.mac),
+                    nic_label(p.domain, p.nic.mac),
                     extra=messages.fields(messages.FAILED, p.domain, p.nic.mac, uplink),
                 )
                 failed.add(key)
@@ -445,14 +439,14 @@ class Engine:
             if p.reattach and p.nic.source_dev in p.up:
                 log.info(
                     "repairing %s: its macvtap died although uplink %s is back",
-                    _nic(p.domain, p.nic.mac),
+                    nic_label(p.domain, p.nic.mac),
                     uplink,
                     extra=messages.fields(messages.REPAIRED, p.domain, p.nic.mac, uplink),
                 )
             elif p.reattach:
                 log.info(
                     "parking %s: uplink %s is gone; it goes straight back on pool network %s (%s up)",
-                    _nic(p.domain, p.nic.mac),
+                    nic_label(p.domain, p.nic.mac),
                     uplink,
                     p.nic.network,
                     " and ".join(p.up),
@@ -461,7 +455,7 @@ class Engine:
             else:
                 log.info(
                     "parking %s: uplink %s is gone",
-                    _nic(p.domain, p.nic.mac),
+                    nic_label(p.domain, p.nic.mac),
                     uplink,
                     extra=messages.fields(messages.PARKING, p.domain, p.nic.mac, uplink),
                 )
@@ -475,7 +469,7 @@ class Engine:
                 # Not the guest's fault: stays 'detaching' for the next run.
                 log.error(
                     "could not park %s: %s",
-                    _nic(p.domain, p.nic.mac),
+                    nic_label(p.domain, p.nic.mac),
                     exc,
                     extra=messages.fields(messages.FAILED, p.domain, p.nic.mac, uplink),
                 )
@@ -501,7 +495,7 @@ class Engine:
                         self.report.parked += 1
                         log.info(
                             "parked %s: detached, waiting for %s",
-                            _nic(p.domain, p.nic.mac),
+                            nic_label(p.domain, p.nic.mac),
                             self.records[key].waits_for or "its uplink",
                             extra=messages.fields(messages.PARKED, p.domain, p.nic.mac, p.nic.source_dev),
                         )
@@ -543,7 +537,7 @@ class Engine:
         self.report.stuck += 1
         log.error(
             "stuck: %s on %s: %s; its link is set down",
-            _nic(p.domain, p.nic.mac),
+            nic_label(p.domain, p.nic.mac),
             p.nic.source_dev or p.nic.network,
             reason,
             extra=messages.fields(messages.STUCK, p.domain, p.nic.mac, p.nic.source_dev or p.nic.network),
@@ -551,7 +545,7 @@ class Engine:
         try:
             self.hypervisors[p.domain.uri].update_device(p.domain, nicxml.with_link_down(p.nic))
         except (DomainGone, HypervisorError, HypervisorUnavailable) as exc:
-            log.warning("could not set the link of %s down: %s", _nic(p.domain, p.nic.mac), exc)
+            log.warning("could not set the link of %s down: %s", nic_label(p.domain, p.nic.mac), exc)
 
     # -- re-attaching --------------------------------------------------------
 
@@ -581,7 +575,7 @@ class Engine:
                     (self.flapped_twice if again else self.flapped).add(rec.key)
                     log.warning(
                         "re-attach of %s on %s was cut short%s: the uplink changed meanwhile (%s)",
-                        _nic(rec.domain, rec.mac),
+                        nic_label(rec.domain, rec.mac),
                         a.dev or " or ".join(rec.candidates) or rec.uplink,
                         " again; its next event retries" if again else "",
                         outcome,
@@ -592,7 +586,7 @@ class Engine:
                 failed.add(rec.key)
                 log.error(
                     "re-attach of %s on %s failed (attempt %d): %s",
-                    _nic(rec.domain, rec.mac),
+                    nic_label(rec.domain, rec.mac),
                     a.dev or " or ".join(rec.candidates) or rec.uplink,
                     self.records[rec.key].attempts,
                     outcome,
@@ -606,7 +600,7 @@ class Engine:
                 self.report.attached += 1
                 log.info(
                     "re-attached %s on %s",
-                    _nic(rec.domain, rec.mac),
+                    nic_label(rec.domain, rec.mac),
                     _where(outcome, rec.network),
                     extra=messages.fields(messages.REATTACHED, rec.domain, rec.mac, outcome.source_dev or rec.uplink),
                 )
@@ -635,7 +629,7 @@ class Engine:
         says where each tap belongs, so a crash here is simply redone."""
         failed: set[Key] = set()
         for e in todo:
-            nic = _nic(e.domain, e.mac)
+            nic = nic_label(e.domain, e.mac)
             try:
                 if self.maker is None:
                     raise LinkError(operation="setting master", link=e.tap, reason="no netlink adapter", gone=False)
@@ -666,7 +660,7 @@ def _warn_renamed(rec: ParkedNic, a: Attach) -> None:
     log.warning(
         "%s now uses %s instead of %s (%s); its persistent definition still names %s. To keep the name for good, "
         "write /etc/systemd/network/10-%s.link with [Match] %s and [Link] Name=%s",
-        _nic(rec.domain, rec.mac), a.dev, rec.uplink, a.why, rec.uplink, rec.uplink, match, rec.uplink,
+        nic_label(rec.domain, rec.mac), a.dev, rec.uplink, a.why, rec.uplink, rec.uplink, match, rec.uplink,
     )  # fmt: skip
 
 

@@ -285,8 +285,6 @@ def awaited_under_another_name(
     A hint left by an earlier run that could not finish also makes any
     event worth a full run.
     """
-    if hint.action != "add":
-        return True
     from macvtap_hook.identity import UplinkIdentity
 
     parked = _parked(state_file, UplinkIdentity)

@@ -34,5 +34,5 @@ def check_ifname(name: str) -> str:
     """Return `name` if the kernel's dev_valid_name() would accept it."""
     problem = name_problem(name)
     if problem is not None:
-        raise BadInterfaceName(name=name[:40] if len(name) > 40 else name, reason=problem)
+        raise BadInterfaceName(name=name[:40], reason=problem)
     return name

@@ -155,41 +155,8 @@ def _devtype(base: str) -> str | None:
 
 
 class NetlinkLinks:
-    """One RTM_GETLINK dump through pyroute2 (the only importer of pyroute2)."""
-
-    def snapshot(self) -> Links:
-        from pyroute2 import IPRoute
-
-        from macvtap_hook.identity import normalize_mac
-        from macvtap_hook.model import Link, Links
-
-        found = []
-        with IPRoute() as ipr:
-            for msg in ipr.get_links():
-                name = msg.get_attr("IFLA_IFNAME")
-                if not name:
-                    continue
-                info = msg.get_attr("IFLA_LINKINFO")
-                kind = info.get_attr("IFLA_INFO_KIND") if info is not None else None
-                parent = msg.get_attr("IFLA_LINK")
-                mac = msg.get_attr("IFLA_ADDRESS")
-                master = msg.get_attr("IFLA_MASTER")
-                mtu = msg.get_attr("IFLA_MTU")
-                perm = msg.get_attr("IFLA_PERM_ADDRESS")  # only hardware has one
-                found.append(
-                    Link(
-                        name=name,
-                        ifindex=int(msg["index"]),
-                        kind=kind,
-                        parent=int(parent) if parent else None,
-                        mac=mac.lower() if isinstance(mac, str) else None,
-                        master=int(master) if master else None,
-                        mtu=int(mtu) if mtu else None,
-                        up=bool(int(msg["flags"]) & IFF_UP),
-                        perm_mac=normalize_mac(perm) if isinstance(perm, str) else None,
-                    )
-                )
-        return Links.of(*found)
+    """What changes links, through pyroute2 (its only importer); links are
+    read from sysfs (SysfsLinks), which costs no import."""
 
     def create(self, spec: StackedUplink, parent: int) -> None:
         from pyroute2 import IPRoute

@@ -168,3 +168,8 @@ class DomainView:
 
 def nic_key(ref: DomainRef, mac: str) -> tuple[str, str, str]:
     return (ref.uri, ref.uuid, mac)
+
+
+def nic_label(ref: DomainRef, mac: str) -> str:
+    """A NIC as log lines and the dry run name it."""
+    return f"NIC {mac} of domain {ref.name}"

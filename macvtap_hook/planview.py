@@ -8,37 +8,33 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from macvtap_hook.model import DomainRef
+from macvtap_hook.model import nic_label
 from macvtap_hook.planner import Plan
-
-
-def _nic(ref: DomainRef, mac: str) -> str:
-    return f"NIC {mac} of domain {ref.name}"
 
 
 def _forget(todo: Plan) -> Iterable[str]:
     for f in todo.forget:
-        yield f"forget: parked {_nic(f.record.domain, f.record.mac)} (uplink {f.record.uplink}): {f.reason}"
+        yield f"forget: parked {nic_label(f.record.domain, f.record.mac)} (uplink {f.record.uplink}): {f.reason}"
 
 
 def _resync(todo: Plan) -> Iterable[str]:
     for rec in todo.resync:
-        yield f"record: {_nic(rec.domain, rec.mac)} ({rec.state}) in the state file and the domain's metadata"
+        yield f"record: {nic_label(rec.domain, rec.mac)} ({rec.state}) in the state file and the domain's metadata"
 
 
 def _park(todo: Plan) -> Iterable[str]:
     for p in todo.park:
         uplink = p.nic.source_dev or p.nic.network
         if p.previous is not None and p.previous.state == "stuck":
-            yield f"retry: stuck {_nic(p.domain, p.nic.mac)}: ask the guest again to release it (uplink {uplink})"
+            yield f"retry: stuck {nic_label(p.domain, p.nic.mac)}: ask the guest again to release it (uplink {uplink})"
         elif p.reattach:
             yield (
-                f"repair: {_nic(p.domain, p.nic.mac)}: its macvtap died although uplink {uplink} is back "
+                f"repair: {nic_label(p.domain, p.nic.mac)}: its macvtap died although uplink {uplink} is back "
                 "(detach, then re-attach)"
             )
         else:
             waits = " or ".join(p.candidates) or "its uplink"
-            yield f"park: {_nic(p.domain, p.nic.mac)}: uplink {uplink} is gone (detach, then wait for {waits})"
+            yield f"park: {nic_label(p.domain, p.nic.mac)}: uplink {uplink} is gone (detach, then wait for {waits})"
 
 
 def _attach(todo: Plan) -> Iterable[str]:
@@ -50,26 +46,27 @@ def _attach(todo: Plan) -> Iterable[str]:
             via = f"on {a.dev}, which is its uplink {rec.uplink} under another name ({a.why})"
         else:
             via = f"on {rec.uplink}"
-        yield f"re-attach: {_nic(rec.domain, rec.mac)} {via}"
+        yield f"re-attach: {nic_label(rec.domain, rec.mac)} {via}"
 
 
 def _enslave(todo: Plan) -> Iterable[str]:
     for e in todo.enslave:
         moved = f" (move it from {e.moved_from})" if e.moved_from else ""
-        yield f"put back: tap {e.tap} of {_nic(e.domain, e.mac)} on bridge {e.bridge}{moved}"
+        yield f"put back: tap {e.tap} of {nic_label(e.domain, e.mac)} on bridge {e.bridge}{moved}"
 
 
 def _waiting(todo: Plan) -> Iterable[str]:
     for rec in todo.waiting:
         if rec.state == "stuck":
-            yield f"leave: {_nic(rec.domain, rec.mac)} is stuck ({rec.last_error or 'the guest did not release it'})"
+            why = rec.last_error or "the guest did not release it"
+            yield f"leave: {nic_label(rec.domain, rec.mac)} is stuck ({why})"
         else:
-            yield f"leave: {_nic(rec.domain, rec.mac)} is {rec.state}, waiting for {rec.waits_for}"
+            yield f"leave: {nic_label(rec.domain, rec.mac)} is {rec.state}, waiting for {rec.waits_for}"
 
 
 def _ambiguous(todo: Plan) -> Iterable[str]:
     for rec, names in todo.ambiguous:
-        yield f"leave: {_nic(rec.domain, rec.mac)} waits for {rec.uplink}: {', '.join(names)} all look like it"
+        yield f"leave: {nic_label(rec.domain, rec.mac)} waits for {rec.uplink}: {', '.join(names)} all look like it"
 
 
 Describer = Callable[[Plan], Iterable[str]]

@@ -53,10 +53,6 @@ class ProtectedNic:
     record: ParkedNic | None = None  # our record, while it is parked
 
     @property
-    def key(self) -> Key:
-        return nic_key(self.domain, self.mac)
-
-    @property
     def needs_attention(self) -> bool:
         return self.record is not None and self.record.needs_attention
 
