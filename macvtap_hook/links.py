@@ -90,7 +90,6 @@ class SysfsLinks:
             master=master,
             mtu=mtu,
             up=bool(flags & IFF_UP),
-            perm_mac=perm_mac(name) if "device" in entries else None,  # only hardware has one
         )
 
 

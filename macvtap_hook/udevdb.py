@@ -11,6 +11,7 @@ import logging
 from typing import Protocol
 
 from macvtap_hook.identity import UplinkIdentity, identity_from_udev
+from macvtap_hook.links import perm_mac
 from macvtap_hook.model import Link
 
 log = logging.getLogger(__name__)
@@ -22,7 +23,7 @@ class IdentitySource(Protocol):
 
 class UdevIdentities:
     """A link's identity: udev's database properties plus the kernel's
-    permanent MAC (netlink), read when asked."""
+    permanent MAC (the ethtool ioctl), read when asked."""
 
     def __init__(self) -> None:
         self._context: object | None = None
@@ -30,7 +31,8 @@ class UdevIdentities:
 
     def identity(self, link: Link) -> UplinkIdentity | None:
         props = self._properties(link)
-        return identity_from_udev(props, permanent_mac=link.perm_mac)
+        # Asked here, for the few links a plan needs, not in every snapshot.
+        return identity_from_udev(props, permanent_mac=link.perm_mac or perm_mac(link.name))
 
     def _properties(self, link: Link) -> dict[str, str]:
         if self._missing:
