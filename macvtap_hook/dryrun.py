@@ -15,7 +15,7 @@ from macvtap_hook import lock
 from macvtap_hook.config import Config
 from macvtap_hook.engine import Engine
 from macvtap_hook.hypervisor import Hypervisor
-from macvtap_hook.planner import Observed, Snapshot, plan
+from macvtap_hook.planner import Snapshot, plan
 from macvtap_hook.planview import describe
 from macvtap_hook.state import CorruptState, StateStore
 
@@ -46,9 +46,7 @@ def read_truth(engine: Engine) -> tuple[Snapshot, list[str], list[str]]:
     except CorruptState as exc:
         records = ()
         notes.append(f"the state file is unreadable ({exc}): a run would move it aside and rebuild it")
-    engine.records = {rec.key: rec for rec in records}
-    known = engine.store.load_renamed()
-    engine.observed = {k: Observed(ifindex, ident) for k, (ifindex, ident) in known.items()}
+    engine.prime(records)
     snap = engine.snapshot()
     return snap, notes, list(engine.report.unreachable)
 

@@ -244,6 +244,15 @@ class Engine:
 
     # -- the loop ------------------------------------------------------------
 
+    def prime(self, records: Iterable[ParkedNic]) -> dict[Key, tuple[int, UplinkIdentity | None]]:
+        """Take what a run knows before its first snapshot: our records
+        (read by the caller: a run moves a corrupt file aside, status and
+        the dry run must not) and the uplinks seen renamed; returns the latter."""
+        self.records = {rec.key: rec for rec in records}
+        known = self.store.load_renamed()
+        self.observed = {k: Observed(ifindex, ident) for k, (ifindex, ident) in known.items()}
+        return known
+
     def converge(
         self,
         *,
@@ -256,9 +265,7 @@ class Engine:
         which are not tried again in this convergence, nor in a later one
         given the same set (the rest of a run's drain)."""
         failed = set() if failed is None else failed
-        self.records = {rec.key: rec for rec in self.store.load()}
-        known = self.store.load_renamed()
-        self.observed = {k: Observed(ifindex, ident) for k, (ifindex, ident) in known.items()}
+        known = self.prime(self.store.load())
         todo, snap = self._rounds(failed, retry_stuck, only, retry_failed)
         if self._recreate_uplinks(todo, snap.links):
             todo, snap = self._rounds(failed, False, only, retry_failed)

@@ -152,7 +152,7 @@ def same_run(rec: ParkedNic, dom: DomainView, boot_id: str) -> bool:
     return bool(boot_id) and rec.boot == boot_id
 
 
-def _merge_records(snap: Snapshot) -> tuple[dict[Key, ParkedNic], list[ParkedNic]]:
+def merge_records(snap: Snapshot) -> tuple[dict[Key, ParkedNic], list[ParkedNic]]:
     """One record per NIC from the state file and the domains' metadata.
 
     The metadata belongs to the domain's current run, so it wins over a
@@ -183,7 +183,7 @@ def plan(
     """What to do now. `only` limits parking and re-attaching to NICs on
     those uplinks (reconcile IFACE...); forgetting is always done. Without
     `retry_failed`, a NIC whose re-attach failed waits for another cause."""
-    records, resync = _merge_records(snap)
+    records, resync = merge_records(snap)
 
     def in_scope(*uplinks: str | None) -> bool:
         return only is None or any(u in only for u in uplinks if u)
@@ -320,7 +320,7 @@ def identities_wanted(snap: Snapshot) -> frozenset[str]:
     while some record waits for an uplink that may come back under another
     name, the renamed lower device of a live NIC (once), the present uplink
     of a NIC to repair. Reading them costs the udev database; mostly none."""
-    records, _ = _merge_records(snap)
+    records, _ = merge_records(snap)
     wanted: set[str] = set()
     for rec in records.values():
         if _waits_without_uplink(rec, snap) and (

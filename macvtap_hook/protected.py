@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from macvtap_hook.bridgeports import port_state
 from macvtap_hook.model import DomainRef, LiveNic, ParkedNic, nic_key
-from macvtap_hook.planner import Key, Snapshot, nic_is_alive, wakers
+from macvtap_hook.planner import Key, Snapshot, merge_records, nic_is_alive, plan, wakers
 
 # The states a protected NIC can be in (README, "status"):
 ALIVE = "alive"  # attached, its macvtap exists on an existing uplink
@@ -72,13 +72,12 @@ def _live_state(nic: LiveNic, running: bool, snap: Snapshot, cands: tuple[str, .
 
 
 def _records(snap: Snapshot) -> dict[Key, ParkedNic]:
-    """The state file's records, plus those only a domain's metadata holds
-    (the state file was lost): the planner resyncs them on the next run."""
-    records = {rec.key: rec for rec in snap.stored}
-    for dom in snap.domains:
-        for meta in dom.parked:
-            records.setdefault(meta.key, meta)
-    return records
+    """The records as the next run takes them (the state file's and those
+    only a domain's metadata holds), less those it would forget (a domain
+    that stopped or restarted): the planner's own merge and verdict."""
+    records, _ = merge_records(snap)
+    forgotten = {f.record.key for f in plan(snap).forget}
+    return {key: rec for key, rec in records.items() if key not in forgotten}
 
 
 def running_nics(snap: Snapshot) -> Iterable[ProtectedNic]:

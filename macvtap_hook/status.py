@@ -155,7 +155,7 @@ def build_view(
         # The engine's own snapshot (no lock: it only reads), over the
         # records read above: its load() would move a corrupt file aside.
         engine = Engine(hypervisors, links, store)
-        engine.records = {rec.key: rec for rec in records}
+        engine.prime(records)
         snap = engine.snapshot()
         for uri in engine.report.unreachable:
             view.unreachable.setdefault(uri, f"libvirt {uri} did not answer")

@@ -114,6 +114,20 @@ def test_dry_run_plan_in_words(world: World, golden: Any) -> None:
     golden("dry-run.txt", "\n".join(describe(plan(snap, retry_stuck=True))) + "\n")
 
 
+def test_a_parked_nic_of_a_domain_that_stopped_is_not_shown_waiting(tmp_path: Path) -> None:
+    """The next run forgets it (the planner's verdict): status does not list it as parked."""
+    w = World(tmp_path)
+    w.links.add("up0")
+    w.hv.start("web1", UUID1, [direct_nic("52:54:00:00:01:01", "up0")])
+    w.hv.start("db1", UUID2, [direct_nic("52:54:00:00:02:01", "up0")])
+    w.links.delete("up0")
+    w.converge()
+    w.hv.destroy(UUID1)
+    view = view_of(w)
+    assert [(row.domain.name, row.state) for row in view.protected] == [("db1", "parked")]
+    assert len(view.records) == 2, "the state file is only read"
+
+
 def test_status_of_a_host_with_nothing_to_protect_names_what_it_would(tmp_path: Path) -> None:
     w = World(tmp_path)
     w.links.add("up0")
