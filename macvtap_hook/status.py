@@ -127,7 +127,9 @@ class StatusView:
 
     @property
     def attention(self) -> bool:
-        return any(r.needs_attention for r in self.records) or self.problem is not None
+        # The rows, not the file: they hold records only a domain's metadata
+        # has, and leave out those the next run forgets.
+        return any(r.needs_attention for r in self.protected) or self.problem is not None
 
 
 def read_records(cfg: Config) -> tuple[tuple[ParkedNic, ...], str | None]:

@@ -128,6 +128,19 @@ def test_a_parked_nic_of_a_domain_that_stopped_is_not_shown_waiting(tmp_path: Pa
     assert len(view.records) == 2, "the state file is only read"
 
 
+def test_check_sees_a_stuck_nic_only_its_domains_metadata_records(tmp_path: Path) -> None:
+    w = World(tmp_path)
+    w.links.add("up0")
+    w.hv.start("hung1", UUID3, [direct_nic("52:54:00:00:03:01", "up0")])
+    w.hv.guests[UUID3].releases = False
+    w.links.delete("up0")
+    w.converge()
+    w.store.path.unlink()  # the state file is lost; the metadata still says stuck
+    view = view_of(w)
+    assert [row.state for row in view.protected] == ["stuck"]
+    assert view.attention, "status --check exits 1"
+
+
 def test_status_of_a_host_with_nothing_to_protect_names_what_it_would(tmp_path: Path) -> None:
     w = World(tmp_path)
     w.links.add("up0")
