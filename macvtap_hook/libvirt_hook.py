@@ -14,7 +14,7 @@ import logging
 import xml.etree.ElementTree as ET
 from typing import IO
 
-from macvtap_hook import lock
+from macvtap_hook import lock, messages
 from macvtap_hook.config import Config
 from macvtap_hook.errors import LockTimeout
 from macvtap_hook.hints import Hint, HintQueue
@@ -42,7 +42,12 @@ def handle(cfg: Config, operation: str, domain_xml: IO[bytes]) -> None:
                 store.save(kept)
                 for rec in records:
                     if rec.domain.uuid == uuid:
-                        log.info("forgot parked NIC %s of domain %s: the domain was released", rec.mac, rec.domain.name)
+                        log.info(
+                            "forgot parked NIC %s of domain %s: the domain was released",
+                            rec.mac,
+                            rec.domain.name,
+                            extra=messages.fields(messages.FORGOTTEN, rec.domain, rec.mac, rec.uplink),
+                        )
     except LockTimeout:
         # Leave it to the run that holds the lock or the next one.
         HintQueue(cfg.hints_dir).put(Hint(source="libvirt-hook", action="release", iface=None))

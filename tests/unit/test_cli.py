@@ -169,6 +169,28 @@ def test_libvirt_hook_prunes_released_domain(tmp_path: Path) -> None:
     assert [r["uuid"] for r in left] == ["u2"]
 
 
+def test_the_hooks_forget_line_is_a_journal_entry_of_its_kind(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import io
+    import logging
+
+    from macvtap_hook import libvirt_hook, messages
+    from macvtap_hook.config import Config
+    from macvtap_hook.model import DomainRef, ParkedNic
+    from macvtap_hook.state import StateStore
+
+    cfg = Config(state_dir=tmp_path / "state", run_dir=tmp_path / "run")
+    (tmp_path / "run").mkdir(mode=0o700)
+    mac = "52:54:00:00:00:01"
+    xml = f"<interface type='direct'><mac address='{mac}'/><source dev='eth1' mode='bridge'/></interface>"
+    rec = ParkedNic(DomainRef("qemu:///system", "u1", 4, "vm1"), mac, "eth1", ("eth1",), "bridge", xml, state="parked")
+    StateStore(cfg.state_file).save([rec])
+    with caplog.at_level(logging.INFO):
+        libvirt_hook.handle(cfg, "release", io.BytesIO(b"<domain><uuid>u1</uuid></domain>"))
+    (line,) = [r for r in caplog.records if "was released" in r.getMessage()]
+    assert line.__dict__["MESSAGE_ID"] == messages.MESSAGE_IDS[messages.FORGOTTEN]
+    assert (line.__dict__["MACVTAP_HOOK_DOMAIN"], line.__dict__["MACVTAP_HOOK_MAC"]) == ("vm1", mac)
+
+
 def test_bad_config_is_refused_with_one_line(tmp_path: Path) -> None:
     config = tmp_path / "config.toml"
     for text in ["uris = 3\n", "bogus_key = 1\n", "state_dir = 'relative'\n", "[[[\n", "detach_timeout = -1\n"]:
