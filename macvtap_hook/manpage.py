@@ -159,6 +159,10 @@ def files() -> list[tuple[str, str]]:
             "the libvirt qemu hook: forgets a released domain's records, always exits 0",
         ),
         (
+            f"/etc/libvirt/hooks/network.d/{hostfiles.LIBVIRT_HOOK_NAME}",
+            "the libvirt network hook: a started network's bridge gets guests' taps back, always exits 0",
+        ),
+        (
             f"/usr/lib/NetworkManager/dispatcher.d/{hostfiles.NM_SCRIPT_NAME}",
             "the NetworkManager dispatcher script",
         ),
