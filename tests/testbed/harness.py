@@ -329,18 +329,22 @@ class Nic:
     extra: str = ""  # XML put inside a bridge NIC's <interface> (<mtu>, <port>, <vlan>...)
 
     @classmethod
-    def bridged(
-        cls, uplink: BridgeUplink, host: int, mac: str | None = None, slot: int | None = None, extra: str = ""
-    ) -> Nic:
-        """A ``type='bridge'`` NIC on the uplink's bridge."""
+    def _at(cls, uplink: Uplink | BridgeUplink, host: int, mac: str | None, slot: int | None, **where: Any) -> Nic:
+        """Host *host* of the uplink's subnet, pinging the uplink's peer."""
         return cls(
             mac=mac or mac_for(uplink.index, host),
             address=uplink.guest_address(host),
             peer=uplink.peer_addr,
-            bridge=uplink.bridge,
             slot=slot,
-            extra=extra,
+            **where,
         )
+
+    @classmethod
+    def bridged(
+        cls, uplink: BridgeUplink, host: int, mac: str | None = None, slot: int | None = None, extra: str = ""
+    ) -> Nic:
+        """A ``type='bridge'`` NIC on the uplink's bridge."""
+        return cls._at(uplink, host, mac, slot, bridge=uplink.bridge, extra=extra)
 
     @classmethod
     def direct(
@@ -348,14 +352,7 @@ class Nic:
     ) -> Nic:
         if mode not in MODES:
             raise ValueError(f"unknown macvtap mode {mode!r}")
-        return cls(
-            mac=mac or mac_for(uplink.index, host),
-            address=uplink.guest_address(host),
-            peer=uplink.peer_addr,
-            uplink=uplink.name,
-            mode=mode,
-            slot=slot,
-        )
+        return cls._at(uplink, host, mac, slot, uplink=uplink.name, mode=mode)
 
     @classmethod
     def on_network(
@@ -363,13 +360,7 @@ class Nic:
     ) -> Nic:
         """A NIC on a pool network; *uplink* is the pool device it will land on
         (used for the address and the peer to ping)."""
-        return cls(
-            mac=mac or mac_for(uplink.index, host),
-            address=uplink.guest_address(host),
-            peer=uplink.peer_addr,
-            network=network,
-            slot=slot,
-        )
+        return cls._at(uplink, host, mac, slot, network=network)
 
     def spec(self) -> str:
         """This NIC's entry in the guest's ``mh.net=`` kernel argument."""
@@ -769,6 +760,12 @@ class Testbed:
 
 def _main(argv: list[str]) -> int:
     if len(argv) >= 1 and argv[0] == "cleanup":
+        # First a systemd host a killed test left (it gives the machine its
+        # libvirtd and udevd back), then the test bed's own leftovers.
+        import systemd_host  # this folder: first on the path when run as a script
+
+        for note in systemd_host.cleanup():
+            print(f"systemd_host: {note}")
         prefix = argv[1] if len(argv) > 1 else DEFAULT_PREFIX
         for item in cleanup(prefix):
             print(f"removed {item}")

@@ -24,7 +24,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -420,16 +419,3 @@ def remove_tree(path: Path) -> None:
     """Remove a work folder of this module (never anything outside WORK_ROOT)."""
     if WORK_ROOT in path.resolve().parents:
         shutil.rmtree(path, ignore_errors=True)
-
-
-def _main(argv: list[str]) -> int:
-    if argv == ["cleanup"]:
-        for note in cleanup():
-            print(f"systemd_host: {note}")
-        return 0
-    print("usage: systemd_host.py cleanup", file=sys.stderr)
-    return 2
-
-
-if __name__ == "__main__":
-    sys.exit(_main(sys.argv[1:]))

@@ -105,7 +105,9 @@ def test_message_ids_are_distinct_128_bit_ids() -> None:
 
 
 @pytest.fixture
-def journal_sent(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[str, dict[str, Any]]]]:
+def journal_sent(
+    monkeypatch: pytest.MonkeyPatch, clean_root_logging: None
+) -> Iterator[list[tuple[str, dict[str, Any]]]]:
     sent: list[tuple[str, dict[str, Any]]] = []
 
     def sender(MESSAGE: str, **fields: Any) -> None:  # journal.send's own signature
@@ -119,12 +121,7 @@ def journal_sent(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[str, di
     )
     monkeypatch.setattr(init, "__defaults__", (logging.NOTSET, sender))
     monkeypatch.setenv(logsetup.LOG_ENV, "journal")
-    try:
-        yield sent
-    finally:
-        for h in logging.getLogger().handlers:
-            h.close()
-        logging.getLogger().handlers.clear()
+    yield sent
 
 
 def test_journal_entry_of_an_action(world: World, journal_sent: list[tuple[str, dict[str, Any]]]) -> None:
@@ -143,26 +140,15 @@ def test_journal_entry_of_an_action(world: World, journal_sent: list[tuple[str, 
 
 
 def test_without_python_systemd_it_is_plain_syslog(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, world: World
+    syslog_sink: socket.socket, monkeypatch: pytest.MonkeyPatch, world: World
 ) -> None:
-    path = tmp_path / "log"
-    sink = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sink.bind(str(path))
-    sink.settimeout(5)
-    monkeypatch.setattr(logsetup, "SYSLOG_SOCKET", str(path))
     monkeypatch.setenv(logsetup.LOG_ENV, "journal")
     monkeypatch.setitem(sys.modules, "systemd.journal", None)  # import fails as if not installed
-    try:
-        logsetup.setup_logging(0)
-        world.hv.start("web1", UUID1, [direct_nic(MAC1, "up0")])
-        world.links.delete("up0")
-        world.converge()
-        assert f"parking NIC {MAC1} of domain web1: uplink up0 is gone".encode() in sink.recv(4096)
-    finally:
-        for h in logging.getLogger().handlers:
-            h.close()
-        logging.getLogger().handlers.clear()
-        sink.close()
+    logsetup.setup_logging(0)
+    world.hv.start("web1", UUID1, [direct_nic(MAC1, "up0")])
+    world.links.delete("up0")
+    world.converge()
+    assert f"parking NIC {MAC1} of domain web1: uplink up0 is gone".encode() in syslog_sink.recv(4096)
 
 
 def test_the_cheap_udev_path_imports_no_journal(tmp_path: Path) -> None:

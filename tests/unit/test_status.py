@@ -212,7 +212,7 @@ def test_status_with_a_second_unreachable_uri(world: World) -> None:
     ],
 )
 def test_options_before_and_after_the_command(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], level: str
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], level: str, clean_root_logging: None
 ) -> None:
     import logging
 
@@ -222,11 +222,8 @@ def test_options_before_and_after_the_command(
     run_cli(tmp_path, "--version")  # writes the test's config
     monkeypatch.setenv("MACVTAP_HOOK_CONFIG", str(tmp_path / "config.toml"))
     monkeypatch.setenv("MACVTAP_HOOK_LOG", "stderr")
-    try:
-        main(args)
-        assert logging.getLevelName(logging.getLogger().level) == level
-    finally:
-        logging.getLogger().handlers.clear()
+    main(args)
+    assert logging.getLevelName(logging.getLogger().level) == level
 
 
 def test_cli_dry_run_without_libvirt_changes_nothing(tmp_path: Path) -> None:
