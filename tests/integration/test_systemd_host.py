@@ -150,10 +150,12 @@ def bed(harness: Any, host: sh.SystemdHost, request: pytest.FixtureRequest) -> I
     try:
         yield tb
     finally:
-        with contextlib.suppress(Exception):
+        try:
             tb.close()
-            tb.conn.close()
-        sh.remove_tree(workdir)
+        finally:
+            with contextlib.suppress(Exception):  # a test may have closed it (libvirtd stopped)
+                tb.conn.close()
+            sh.remove_tree(workdir)
     settle(host)
     print(f"systemctl --failed after the test:\n{host.systemctl('--failed', '--no-pager', check=False).stdout}")
     failed = host.failed_units()

@@ -230,14 +230,15 @@ def test_the_rules_are_the_installed_profiles() -> None:
         assert "x" in rules.get(glob, ""), f"{glob} is not executable in {APPARMOR_PROFILE}"
 
 
-def test_libvirt_hook_runs_only_what_libvirtds_apparmor_profile_allows() -> None:
-    programs = executed_programs(HOOK.read_text())
+@pytest.mark.parametrize(("hook", "folder"), [("libvirt-qemu", "qemu.d"), ("libvirt-network", "network.d")])
+def test_libvirt_hooks_run_only_what_libvirtds_apparmor_profile_allows(hook: str, folder: str) -> None:
+    programs = executed_programs((REPO / "hooks" / hook).read_text())
     assert hf.PACKAGED_PYTHON in programs, programs
     for program in programs:
         assert program.startswith("/"), f"{program}: found through libvirtd's PATH, not a fixed path"
         real = os.path.realpath(program)  # as AppArmor does, on this Debian 12 (merged /usr)
         assert apparmor_allows(real), f"{program} -> {real} is not executable under usr.sbin.libvirtd"
-    installed = f"/etc/libvirt/hooks/qemu.d/{hf.LIBVIRT_HOOK_NAME}"
+    installed = f"/etc/libvirt/hooks/{folder}/{hf.LIBVIRT_HOOK_NAME}"
     assert apparmor_allows(installed)
 
 
