@@ -329,12 +329,12 @@ class Nic:
     extra: str = ""  # XML put inside a bridge NIC's <interface> (<mtu>, <port>, <vlan>...)
 
     @classmethod
-    def _at(cls, uplink: Uplink | BridgeUplink, host: int, mac: str | None, slot: int | None, **where: Any) -> Nic:
-        """Host *host* of the uplink's subnet, pinging the uplink's peer."""
+    def _at(cls, on: Uplink | BridgeUplink, host: int, mac: str | None, slot: int | None, **where: Any) -> Nic:
+        """Host *host* of the subnet of uplink *on*, pinging its peer."""
         return cls(
-            mac=mac or mac_for(uplink.index, host),
-            address=uplink.guest_address(host),
-            peer=uplink.peer_addr,
+            mac=mac or mac_for(on.index, host),
+            address=on.guest_address(host),
+            peer=on.peer_addr,
             slot=slot,
             **where,
         )
