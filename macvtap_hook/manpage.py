@@ -146,7 +146,7 @@ def config_keys() -> list[tuple[str, str]]:
 
 def files() -> list[tuple[str, str]]:
     cfg = Config()
-    units = "/lib/systemd/system/"
+    units = "/usr/lib/systemd/system/"
     return [
         (str(DEFAULT_CONFIG_PATH), f"the optional configuration (see CONFIGURATION); {CONFIG_ENV} names another"),
         (str(cfg.state_file), "the records of parked NICs; kept when the package is removed"),
@@ -218,8 +218,8 @@ def render() -> str:
     )
     lines += [
         ".SH FILES",
-        f"Paths of the Debian package (the RPM puts the units in {_i('/usr/lib/systemd/system')}); "
-        f"{_b('macvtap-hook install')} writes the udev rule, the dispatcher script and the units "
+        f"Paths of the Debian and RPM packages; {_b('macvtap-hook install')} writes the udev rule, "
+        "the dispatcher script and the units "
         f"below {_i('/etc')} instead (below {_i('/run')} with {_b('--runtime')}).",
         *(line for path, what in files() for line in _item(_i(path), what)),
     ]

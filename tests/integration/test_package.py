@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,32 +25,16 @@ import pytest
 from macvtap_hook import __version__
 from macvtap_hook import hostfiles as hf
 from macvtap_hook.config import Config
+from tests.integration.conftest import TESTBED_DIR
 
 pytestmark = pytest.mark.integration
 
+if str(TESTBED_DIR) not in sys.path:
+    sys.path.insert(0, str(TESTBED_DIR))
+from deb_layout import HOOK, NET_HOOK, layout_problems, parse_listing  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[2]
 DEB_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C.UTF-8", "DEBIAN_FRONTEND": "noninteractive"}
-HOOK = f"/etc/libvirt/hooks/qemu.d/{hf.LIBVIRT_HOOK_NAME}"
-NET_HOOK = f"/etc/libvirt/hooks/network.d/{hf.LIBVIRT_HOOK_NAME}"
-UNITS = "/lib/systemd/system"
-
-# path -> (type and mode as `dpkg-deb -c` shows them)
-EXPECTED = {
-    "/usr/bin/macvtap-hook": "-rwxr-xr-x",
-    "/usr/lib/python3/dist-packages/macvtap_hook/cli.py": "-rw-r--r--",
-    "/usr/lib/python3/dist-packages/macvtap_hook/manpage.py": "-rw-r--r--",
-    "/usr/share/man/man8/macvtap-hook.8.gz": "-rw-r--r--",
-    f"/usr/lib/udev/rules.d/{hf.RULE_NAME}": "-rw-r--r--",
-    f"/usr/lib/NetworkManager/dispatcher.d/{hf.NM_SCRIPT_NAME}": "-rwxr-xr-x",
-    HOOK: "-rwxr-xr-x",  # a regular file, never a symlink (AppArmor)
-    NET_HOOK: "-rwxr-xr-x",
-    f"{UNITS}/{hf.WORKER_UNIT}": "-rw-r--r--",
-    f"{UNITS}/{hf.RECONCILE_UNIT}": "-rw-r--r--",
-    f"{UNITS}/{hf.RECONCILE_TIMER}": "-rw-r--r--",
-    **{f"{UNITS}/{daemon}.d/{hf.DROPIN_NAME}": "-rw-r--r--" for daemon in hf.LIBVIRT_DAEMONS},
-    "/usr/lib/tmpfiles.d/macvtap-hook.conf": "-rw-r--r--",
-    "/usr/share/doc/macvtap-hook/copyright": "-rw-r--r--",
-}
 
 
 def run(*cmd: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess[str]:
@@ -111,23 +96,9 @@ def test_lintian_passes(deb: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-def contents(deb: Path) -> dict[str, str]:
-    """path -> mode string, as `dpkg-deb -c` lists them ('l...' for a symlink)."""
-    found = {}
-    for line in run("dpkg-deb", "-c", str(deb)).stdout.splitlines():
-        mode, _owner, _size, _date, _time, name, *_ = line.split()
-        found["/" + name.removeprefix("./").rstrip("/")] = mode
-    return found
-
-
 def test_every_file_is_where_its_reader_looks(deb: Path) -> None:
-    files = contents(deb)
-    wrong = {path: (files.get(path), mode) for path, mode in EXPECTED.items() if files.get(path) != mode}
-    assert not wrong, f"(in the package, expected): {wrong}"
-    assert not [p for p in files if p.startswith("/usr/libexec")], "the hook wrapper in libexec is gone"
-    assert not [p for p, mode in files.items() if mode.startswith("l") and "/etc/" in p]
-    # The folders the tool writes are made by tmpfiles at install, not shipped.
-    assert not [p for p in files if p.startswith(("/var/", "/run/"))]
+    problems = layout_problems(parse_listing(run("dpkg-deb", "-c", str(deb)).stdout))
+    assert not problems, "\n".join(problems)
 
 
 def test_control_fields_and_conffiles(deb: Path) -> None:

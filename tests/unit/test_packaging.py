@@ -102,6 +102,12 @@ def debian_pairs() -> set[tuple[str, str]]:
         if words and not words[0].startswith("#"):
             dest = "/" + words[-1].strip("/")
             pairs |= {(src, f"{dest}/{Path(src).name}") for src in words[:-1]}
+    # Folders the rules move after staging them (`mv $(PKG)/FROM $(PKG)/TO`).
+    for line in rules_lines():
+        words = line.split()
+        if words[:1] == ["mv"] and len(words) == 3:
+            old, new = ("/" + w.replace("$(PKG)/", "").rstrip("/") + "/" for w in words[1:])
+            pairs = {(src, new + dest[len(old) :] if dest.startswith(old) else dest) for src, dest in pairs}
     return pairs
 
 
@@ -160,7 +166,7 @@ def recorder(folder: Path, name: str, body: str = "") -> Path:
 
 @pytest.mark.parametrize(
     ("what", "pairs", "unitdir"),
-    [("debian", debian_pairs, "/lib/systemd/system"), ("rpm", rpm_pairs, "/usr/lib/systemd/system")],
+    [("debian", debian_pairs, "/usr/lib/systemd/system"), ("rpm", rpm_pairs, "/usr/lib/systemd/system")],
 )
 def test_files_land_where_their_readers_look(
     what: str, pairs: Callable[[], set[tuple[str, str]]], unitdir: str
