@@ -216,7 +216,8 @@ def stop_libvirtd() -> None:
     deadline = time.monotonic() + 30
     while libvirtd_running():
         if time.monotonic() > deadline:
-            pytest.fail("libvirtd did not stop")
+            ps = subprocess.run(["ps", "-eo", "pid,ppid,stat,etime,args"], capture_output=True, text=True, check=False)
+            pytest.fail(f"libvirtd did not stop in 30 s after SIGTERM:\n{ps.stdout}")
         time.sleep(0.1)
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -69,22 +68,6 @@ class Release:
         self.run("apt-get", "autoremove", "--purge", "-y", "-q", timeout=600)
 
 
-def _copy_checkout(dest: Path) -> None:
-    """The files git knows (as build-deb takes them), else all but .git."""
-    if shutil.which("git") and (REPO / ".git").exists():
-        listed = subprocess.run(
-            ["git", "-C", str(REPO), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-            capture_output=True, check=True,
-        ).stdout.split(b"\0")  # fmt: skip
-        for rel in (os.fsdecode(name) for name in listed if name):
-            source = REPO / rel
-            if source.is_file() and not source.is_symlink():
-                (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(source, dest / rel)
-    else:
-        shutil.copytree(REPO, dest, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".git", "__pycache__"))
-
-
 @pytest.fixture(scope="module")
 def release(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Release]:
     if os.geteuid() != 0:
@@ -95,7 +78,7 @@ def release(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Release]:
     except rr.RootError as exc:
         pytest.fail(f"no {suite} root: {exc}")
     src, out = tmp_path_factory.mktemp("src"), tmp_path_factory.mktemp("debs")
-    _copy_checkout(src)
+    rr.copy_checkout(src)
     box = Release(suite, src, out)
     box.purge()  # a run killed mid-test may have left it in the cached root
     try:

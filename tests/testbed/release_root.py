@@ -16,6 +16,11 @@ own (its apt sources).
     python3 tests/testbed/release_root.py run [SUITE] -- CMD...
     python3 tests/testbed/release_root.py other              # which release
     python3 tests/testbed/release_root.py remove [SUITE]
+    python3 tests/testbed/release_root.py test [SUITE] [-- PYTEST-ARGS...]
+
+``test`` runs tests/run-all inside the root (its setup installs and starts
+the release's libvirtd, virtlogd and systemd-udevd there), with the machine's
+own libvirtd and udevd stopped meanwhile and started again after.
 """
 
 from __future__ import annotations
@@ -32,6 +37,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 ROOTS = Path("/var/cache/macvtap-hook-tests/roots")
+# The checkout as the root's test run sees it: a copy, since the run writes
+# into it (pip's build, pytest's cache), made anew for every run.
+SOURCES = Path("/var/lib/macvtap-hook-tests/release-src")
+REPO = Path(__file__).resolve().parents[2]
+# Not (yet) run in a root: the systemd host boots the machine's own systemd,
+# and a root does not make roots of its own.
+NOT_IN_ROOT = ("tests/integration/test_systemd_host.py", "tests/integration/test_release_package.py")
 # The release each machine release tests besides its own.
 OTHER = {"bookworm": "trixie", "trixie": "bookworm"}
 # Debian's release numbers, for messages and test ids.
@@ -50,8 +62,8 @@ PACKAGES = (
     "lintian", "man-db",
     # udev of the release (the package's own dependencies are left to apt)
     "udev",
-    # the tests' own needs inside the root
-    "python3-venv", "iproute2", "procps",
+    # the tests' own needs inside the root (ca-certificates: pip's HTTPS)
+    "python3-venv", "iproute2", "procps", "ca-certificates",
 )  # fmt: skip
 STAMP = ".mht-bootstrapped"
 APT = ("apt-get", "-y", "-q", "--no-install-recommends", "-o", "DPkg::Lock::Timeout=600")
@@ -59,7 +71,9 @@ BOOTSTRAP_INCLUDE = "--include=systemd,udev,dbus,python3,iproute2"
 # Mount points the callers bind into a root (created once, empty, in the root).
 MOUNT_POINTS = ("mnt/mht-src", "mnt/mht-out")
 # PID 1 of the namespace: runs the command and reaps every orphan (a daemon
-# that forks leaves its children to PID 1), then exits with the command's code.
+# that forks leaves its children to PID 1) until the command ends, then exits
+# with its code; the kernel then kills whatever else still runs in the
+# namespace (the daemons the command started).
 REAPER = """
 import os, sys
 child = os.fork()
@@ -69,16 +83,11 @@ if child == 0:
     except OSError as exc:
         print(f"{sys.argv[1]}: {exc.strerror}", file=sys.stderr)
         os._exit(127)
-code = 1
 while True:
-    try:
-        pid, status = os.wait()
-    except ChildProcessError:
-        break
+    pid, status = os.wait()
     if pid == child:
         code = os.waitstatus_to_exitcode(status)
-        code = 128 - code if code < 0 else code
-sys.exit(code)
+        sys.exit(128 - code if code < 0 else code)
 """
 # Runs as the new namespace's first process, before chroot: its mounts live
 # and die with the namespace.  "/" must be a mount point (`ip -n`, libvirt
@@ -182,7 +191,28 @@ def ensure(suite: str | None = None, packages: Sequence[str] = PACKAGES) -> Path
             # Package lists of a cached root may have gone stale on the mirror.
             run(suite, [*APT, "update"], timeout=600)
             run(suite, [*APT, "install", *missing], timeout=1800)
+    _trust_as_the_machine(suite, root)
     return root
+
+
+LOCAL_CAS = Path("/usr/local/share/ca-certificates")
+
+
+def _trust_as_the_machine(suite: str, root: Path) -> None:
+    """The machine's own local certificate authorities, trusted in the root
+    too: HTTPS from the root (pip) goes where the machine's goes, through
+    whatever the machine trusts."""
+    mine = {p.name: p.read_bytes() for p in LOCAL_CAS.glob("*.crt")} if LOCAL_CAS.is_dir() else {}
+    folder = root / LOCAL_CAS.relative_to("/")
+    theirs = {p.name: p.read_bytes() for p in folder.glob("*.crt")} if folder.is_dir() else {}
+    if mine == theirs:
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in theirs.keys() - mine.keys():
+        (folder / name).unlink()
+    for name, data in mine.items():
+        (folder / name).write_bytes(data)
+    run(suite, ["update-ca-certificates", "--fresh"], timeout=300)
 
 
 def _has(root: Path, package: str) -> bool:
@@ -278,16 +308,64 @@ def run(
     return done
 
 
+def copy_checkout(dest: Path) -> None:
+    """The files git knows, committed or not (as packaging/build-deb takes
+    them), else everything but .git."""
+    if shutil.which("git") and (REPO / ".git").exists():
+        listed = subprocess.run(
+            ["git", "-C", str(REPO), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            capture_output=True,
+            check=True,
+        ).stdout.split(b"\0")
+        for rel in (os.fsdecode(name) for name in listed if name):
+            source = REPO / rel
+            if source.is_file() and not source.is_symlink():
+                (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(source, dest / rel)
+    else:
+        shutil.copytree(REPO, dest, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".git", "__pycache__"))
+
+
+def test(suite: str, pytest_args: Sequence[str] = ()) -> int:
+    """tests/run-all inside the root of SUITE; its exit code."""
+    if os.environ.get("MACVTAP_TEST_RELEASE_ROOT"):
+        raise RootError("already inside a release root")
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import systemd_host
+
+    ensure(suite)
+    src = SOURCES / suite
+    if src.exists():
+        shutil.rmtree(src)
+    src.mkdir(parents=True)
+    copy_checkout(src)
+    ignore = [f"--ignore={path}" for path in NOT_IN_ROOT]
+    env = {"HOME": "/root", "MACVTAP_TEST_RELEASE_ROOT": suite}
+    env |= {k: v for k, v in os.environ.items() if k in ("CI", "MACVTAP_TEST_PREFIX")}
+    argv = ["bash", "/mnt/mht-src/tests/run-all", *ignore, *pytest_args]
+    _log(f"{suite}: tests/run-all {' '.join(argv[2:])} (the machine's libvirtd and udevd stopped meanwhile)")
+    stopped = systemd_host.stop_machine_daemons()
+    try:
+        return subprocess.run(
+            command(suite, argv, binds=[(src, "/mnt/mht-src", False)], env=env), check=False, env=CLEAN_ENV
+        ).returncode
+    finally:
+        systemd_host.start_machine_daemons(stopped)
+        shutil.rmtree(src, ignore_errors=True)
+
+
 def main(args: Sequence[str] | None = None) -> int:
     words = list(sys.argv[1:] if args is None else args)
     argv = words[words.index("--") + 1 :] if "--" in words else []
     words = words[: words.index("--")] if "--" in words else words
     parser = argparse.ArgumentParser(prog="release_root.py", description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("action", choices=("ensure", "run", "remove", "other"))
+    parser.add_argument("action", choices=("ensure", "run", "remove", "other", "test"))
     parser.add_argument("suite", nargs="?", help="default: the release the machine tests besides its own")
     ns = parser.parse_args(words)
-    if (ns.action == "run") != bool(argv):
-        parser.error("run takes a command after --, and only run does")
+    if ns.action == "run" and not argv:
+        parser.error("run takes a command after --")
+    if argv and ns.action not in ("run", "test"):
+        parser.error(f"{ns.action} takes nothing after --")
     try:
         suite = ns.suite or other_release()
         if ns.action == "other":
@@ -296,6 +374,8 @@ def main(args: Sequence[str] | None = None) -> int:
             print(ensure(suite))
         elif ns.action == "remove":
             remove(suite)
+        elif ns.action == "test":
+            return test(suite, argv)
         else:
             return subprocess.run(command(suite, argv), check=False).returncode
     except RootError as exc:
