@@ -106,6 +106,9 @@ def host(harness: Any, deb: Path) -> Iterator[sh.SystemdHost]:
         box.boot()
         box.systemctl("start", *LIBVIRT_UNITS, "libvirtd.service")
         _wait_libvirt(box)
+        asked = (("systemctl", "--version"), ("libvirtd", "--version"))
+        versions = [box.run(*cmd).stdout.splitlines()[0] for cmd in asked]
+        print(f"systemd host: {'; '.join(versions)}; cgroup of its own: {box.own_cgroup or 'no'}")
         done = box.run(
             "apt-get", "install", "-y", "--no-install-recommends", "-o", "DPkg::Lock::Timeout=600", str(deb),
             check=False, timeout=600,

@@ -41,9 +41,8 @@ ROOTS = Path("/var/cache/macvtap-hook-tests/roots")
 # into it (pip's build, pytest's cache), made anew for every run.
 SOURCES = Path("/var/lib/macvtap-hook-tests/release-src")
 REPO = Path(__file__).resolve().parents[2]
-# Not (yet) run in a root: the systemd host boots the machine's own systemd,
-# and a root does not make roots of its own.
-NOT_IN_ROOT = ("tests/integration/test_systemd_host.py", "tests/integration/test_release_package.py")
+# Not run in a root: a root does not make roots of its own.
+NOT_IN_ROOT = ("tests/integration/test_release_package.py",)
 # The release each machine release tests besides its own.
 OTHER = {"bookworm": "trixie", "trixie": "bookworm"}
 # Debian's release numbers, for messages and test ids.

@@ -10,7 +10,12 @@ both run every rule; two libvirtds clash); :meth:`SystemdHost.close` kills the
 namespaced systemd (and with it everything inside) and starts them again, and
 checks that ``eth0`` and the machine's ``/tmp`` were left alone.
 
-Commands run inside with ``nsenter -t PID -m -p`` and a clean environment; the
+From systemd 257 on (a Debian 13 root, see release_root.py) the host also gets
+a cgroup2 folder and a cgroup namespace of its own, with a fresh cgroup2 mount
+showing only that folder (systemd 258 refuses the machine's hybrid layout);
+:meth:`SystemdHost.close` kills what is left in it and removes it.
+
+Commands run inside with ``nsenter -t PID -m -p -r -w`` and a clean environment; the
 test process reaches the inner libvirtd through its socket,
 ``/proc/PID/root/run/libvirt/libvirt-sock`` (see :attr:`SystemdHost.uri`).
 The inner ``/tmp`` is private: anything QEMU reads or writes (guest consoles)
@@ -36,6 +41,33 @@ TARGET = "mht-host.target"
 BASE_UNITS = ("systemd-journald.service", "systemd-udevd.service", "dbus.service")
 CLEAN_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "DEBIAN_FRONTEND": "noninteractive"}
 MACHINE_UDEVD = "/lib/systemd/systemd-udevd"
+# From this systemd on, the host gets a cgroup2 subtree and a cgroup namespace
+# of its own (258 refuses the machine's hybrid layout; 257 is where it was
+# verified); 252 runs in the machine's hierarchies, which close() cleans.
+OWN_CGROUP_FROM = 257
+OWN_CGROUP_PREFIX = "mht-host."
+# Moves the unshare that follows into a new cgroup2 folder of its own (in a
+# mount namespace of its own, whose cgroup2 mount dies with it).
+INTO_OWN_CGROUP = """
+set -eu
+folder=/sys/fs/cgroup/$1; shift
+mount -t cgroup2 cgroup2 /sys/fs/cgroup
+mkdir "$folder"
+echo $$ > "$folder/cgroup.procs"
+exec "$@"
+"""
+# Kills what is left in such folders, then removes them, deepest first.
+REMOVE_OWN_CGROUPS = """
+mount -t cgroup2 cgroup2 /sys/fs/cgroup || exit 1
+cd /sys/fs/cgroup
+for top in "$@"; do
+    [ -d "$top" ] || continue
+    [ ! -e "$top/cgroup.kill" ] || echo 1 > "$top/cgroup.kill"
+    for _ in $(seq 100); do grep -q 'populated 0' "$top/cgroup.events" && break; sleep 0.1; done
+    find "$top" -depth -type d -exec rmdir {} + 2>/dev/null
+    [ ! -d "$top" ] || echo "$top"
+done
+"""
 
 __all__ = [
     "WORK_ROOT",
@@ -139,6 +171,25 @@ def start_machine_daemons(names: Sequence[str]) -> None:
         )
 
 
+def systemd_version() -> int:
+    done = subprocess.run(["/lib/systemd/systemd", "--version"], capture_output=True, text=True, check=False)
+    words = done.stdout.split()
+    return int(words[1]) if len(words) > 1 and words[1].isdigit() else 0
+
+
+def _remove_own_cgroups(names: Sequence[str] | None = None) -> list[str]:
+    """Kill and remove the hosts' own cgroup2 folders (NAMES, or every one a
+    dead run left); return those that stay."""
+    script = REMOVE_OWN_CGROUPS
+    if names is None:
+        script = script.replace('for top in "$@"', f"for top in {OWN_CGROUP_PREFIX}*")
+    done = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", *(names or ())],
+        capture_output=True, text=True, check=False, timeout=60, env=CLEAN_ENV,
+    )  # fmt: skip
+    return done.stdout.split()
+
+
 # --------------------------------------------------------------------------- the host
 
 
@@ -177,6 +228,8 @@ def cleanup() -> list[str]:
             notes.append("purged macvtap-hook")
         start_machine_daemons(stopped)
         notes += [f"started the machine's {name} again" for name in stopped]
+    if systemd_version() >= OWN_CGROUP_FROM:
+        notes += [f"cgroup {name} of a dead host still in use" for name in _remove_own_cgroups()]
     return notes
 
 
@@ -196,6 +249,7 @@ class SystemdHost:
         self._sentinel: Path | None = None
         self._dev_log_existed = os.path.lexists("/dev/log")
         self._cgroups_before: set[Path] | None = None
+        self.own_cgroup = ""  # the cgroup2 folder of its own, for systemd >= OWN_CGROUP_FROM
 
     # --- lifecycle
     def __enter__(self) -> SystemdHost:
@@ -219,12 +273,17 @@ class SystemdHost:
         self.stopped = stop_machine_daemons()
         self._cgroups_before = _cgroups()
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        argv = ["unshare", "--pid", "--fork", "--mount", "--propagation", "private", str(INNER), TARGET, *self.units]
+        env = CLEAN_ENV
+        if systemd_version() >= OWN_CGROUP_FROM:
+            self.own_cgroup = f"{OWN_CGROUP_PREFIX}{os.getpid()}"
+            own = ["unshare", "--mount", "--propagation", "private", "sh", "-c", INTO_OWN_CGROUP, "sh"]
+            argv = [*own, self.own_cgroup, "unshare", "--pid", "--fork", "--cgroup", *argv[3:]]
+            env = {**CLEAN_ENV, "MHT_OWN_CGROUP": "1"}
         with self.console.open("wb") as out:
             self.unshare = subprocess.Popen(
-                ["unshare", "--pid", "--fork", "--mount", "--propagation", "private", str(INNER), TARGET, *self.units],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True, env=CLEAN_ENV,
-            )  # fmt: skip
+                argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env
+            )
         own = _pid_ns("self")
 
         def inner_systemd() -> bool:
@@ -266,6 +325,11 @@ class SystemdHost:
                 left = ", ".join(f"{p} ({_comm(p)})" for p in _pids_in_ns(self.ns))
                 problems.append(f"processes left in the namespace: {left}")
         PIDFILE.unlink(missing_ok=True)
+        if self.own_cgroup:
+            left = _remove_own_cgroups([self.own_cgroup])
+            if left:
+                problems.append(f"cgroups still in use: {', '.join(left)}")
+            self.own_cgroup = ""
         # Its systemd made cgroups (init.scope, system.slice...) in the machine's hierarchies.
         if self._cgroups_before is not None and not problems:
             left = _remove_cgroups(_cgroups() - self._cgroups_before)
@@ -317,7 +381,9 @@ class SystemdHost:
         if not self.pid:
             raise HostError("the systemd host is not running")
         proc = subprocess.run(
-            ["nsenter", "-t", str(self.pid), "-m", "-p", *args],
+            # -r -w: its root and working folder, which differ from its mount
+            # namespace's "/" when the host was booted in a release root.
+            ["nsenter", "-t", str(self.pid), "-m", "-p", "-r", "-w", *args],
             capture_output=True, text=True, timeout=timeout, check=False, env={**CLEAN_ENV, **(env or {})},
         )  # fmt: skip
         if check and proc.returncode != 0:
