@@ -146,15 +146,25 @@ def _matters(cfg: Config, hint: Hint) -> bool:
 
 
 def _hand_off(cfg: Config, hint: Hint, seqnum: str | None) -> bool:
-    """On a systemd host, leave the libvirt work to a worker unit.
+    """Leave the libvirt work to a process outside the caller's event.
 
-    udevd runs RUN programs in a sandbox with a time limit; the hint file
-    tells the worker what happened, and an instance per event means no
-    event's start request is merged into a worker that is about to exit.
+    udevd runs RUN programs with a time limit, and libvirt 12.3 and later wait
+    for udev's whole queue (`udevadm settle`, up to 120 s) after creating a
+    macvtap: a RUN program that waited for libvirt, or for a run that does,
+    would hold that queue, and both would wait for each other. On a host
+    booted with systemd a worker unit does the work, one instance per event so
+    that no event's start request is merged into a worker about to exit;
+    elsewhere a detached `drain`. Both take the lock and drain the hint
+    queue, so events that arrive meanwhile are not lost. False: do it here.
     """
     mode = cfg.handoff
-    if mode == "inline" or (mode == "auto" and not os.path.isdir("/run/systemd/system")):
+    if mode == "inline":
         return False
+    systemd = mode == "systemd" or (mode == "auto" and os.path.isdir("/run/systemd/system"))
+    return (systemd and _start_worker_unit(cfg, hint, seqnum)) or _spawn_drain(cfg, hint)
+
+
+def _start_worker_unit(cfg: Config, hint: Hint, seqnum: str | None) -> bool:
     import subprocess
 
     from macvtap_hook.hints import HintQueue
@@ -168,8 +178,8 @@ def _hand_off(cfg: Config, hint: Hint, seqnum: str | None) -> bool:
     except (OSError, subprocess.TimeoutExpired) as exc:
         failure = str(exc)
     if failure:
-        log.warning("could not start %s (%s); doing the work without it", unit, failure)
-        written.unlink(missing_ok=True)  # the inline run queues its own
+        log.warning("could not start %s (%s); a detached worker does the work", unit, failure)
+        written.unlink(missing_ok=True)  # the detached worker's own hint stands for it
         return False
     log.debug("%s: handed to %s", hint.describe(), unit)
     return True
@@ -214,21 +224,31 @@ def _libvirt_network_hook(argv: Sequence[str]) -> int:
     return EXIT_OK
 
 
-def _spawn_drain(cfg: Config, hint: Hint) -> None:
-    """Without systemd: a detached `drain` of our own. Its standard streams
-    are not libvirt's pipes (libvirt reads them until they close)."""
+def _spawn_drain(cfg: Config, hint: Hint) -> bool:
+    """Without systemd: queue the hint and start a detached `drain` of our
+    own, in a session of its own, whose standard streams are not the
+    caller's (udevd and libvirt read those until they close, so they would
+    wait for the drain). The caller returns at once; the drain outlives it.
+    False when it cannot be started: the caller then does the work itself."""
     import subprocess
 
     from macvtap_hook.hints import HintQueue
 
-    HintQueue(cfg.hints_dir).put(hint)
-    subprocess.Popen(
-        [sys.executable, "-I", "-m", "macvtap_hook", "drain"],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    written = HintQueue(cfg.hints_dir).put(hint)
+    try:
+        subprocess.Popen(
+            [sys.executable, "-I", "-m", "macvtap_hook", "drain"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    except OSError as exc:
+        log.warning("could not start a detached worker (%s); doing the work here", exc)
+        written.unlink(missing_ok=True)
+        return False
+    log.debug("%s: handed to a detached worker", hint.describe())
+    return True
 
 
 # -- administrator commands ---------------------------------------------------

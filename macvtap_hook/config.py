@@ -18,7 +18,7 @@ from macvtap_hook.safety import check_owned_by_root
 
 DEFAULT_CONFIG_PATH = Path(defaults.DEFAULT_CONFIG_PATH)
 CONFIG_ENV = defaults.CONFIG_ENV
-HANDOFFS = ("auto", "inline", "systemd")
+HANDOFFS = ("auto", "detach", "inline", "systemd")
 
 
 @dataclass(frozen=True)

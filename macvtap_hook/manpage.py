@@ -28,8 +28,9 @@ KEY_HELP = {
     "run_dir": "the lock and the pending events",
     "lock_timeout": "seconds a run waits for another run's lock; then the event is kept (exit 4)",
     "detach_timeout": "seconds a guest gets to release a NIC before it is marked stuck",
-    "handoff": "where a udev event's work runs: auto is a systemd unit on a host booted with systemd, "
-    "else inside the udev RUN program",
+    "handoff": "where an event's work runs: auto is a systemd unit (macvtap-hook@) on a host booted with "
+    "systemd, else a detached worker (detach); inline does it inside the udev RUN program itself, which stalls "
+    "every guest start for up to two minutes with libvirt 12.3 and later",
     "log_file": "also log to this file (empty: no file)",
     "metrics_file": "write metrics here after every run, for node_exporter's textfile collector "
     "(empty: none; the folder must exist)",

@@ -129,8 +129,7 @@ class InstalledHook:
     def write_config(self, extra: str = "") -> None:
         self.CONFIG.parent.mkdir(parents=True, exist_ok=True)
         self.CONFIG.write_text(
-            f'state_dir = "{self.state_dir}"\nrun_dir = "{self.run_dir}"\nlog_file = "{self.log_file}"\n'
-            f'handoff = "inline"\n{extra}'
+            f'state_dir = "{self.state_dir}"\nrun_dir = "{self.run_dir}"\nlog_file = "{self.log_file}"\n{extra}'
         )
         self.CONFIG.chmod(0o644)
 
@@ -158,10 +157,37 @@ class InstalledHook:
         return self.log_file.read_text() if self.log_file.exists() else ""
 
     @staticmethod
-    def settle() -> None:
+    def settle(timeout: float = 120) -> None:
+        """udev has run every rule, and every worker its events started has
+        finished. Without systemd (this machine) the rule hands each event to
+        a detached `drain` and returns: the worker exists before the RUN
+        program exits, so once udev's queue is empty, no worker alive means
+        the work is done."""
         import subprocess
+        import time
 
-        subprocess.run(["udevadm", "settle", "--timeout=120"], check=True)
+        subprocess.run(["udevadm", "settle", f"--timeout={int(timeout)}"], check=True)
+        deadline = time.monotonic() + timeout
+        while workers := detached_workers():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"detached workers still running after {timeout} s: {workers}")
+            time.sleep(0.01)
+
+
+def detached_workers() -> list[int]:
+    """PIDs of the tool's detached `drain` processes (`python -I -m macvtap_hook drain`)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        at = argv.index(b"macvtap_hook") if b"macvtap_hook" in argv else -1
+        if at >= 0 and argv[at + 1 : at + 2] == [b"drain"]:
+            found.append(int(entry))
+    return found
 
 
 @contextmanager

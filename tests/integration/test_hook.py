@@ -178,3 +178,37 @@ def test_churn_of_unrelated_interfaces_is_ignored(harness, testbed, hook) -> Non
     assert hook.parked() == []
     for word in ("parking", "repairing", "re-attached", "error", "Traceback"):
         assert word not in hook.log()
+
+
+def test_udev_events_never_wait_for_libvirt(harness, testbed, hook, timings) -> None:  # type: ignore[no-untyped-def]
+    """libvirt 12.3 and later run `udevadm settle` after creating a macvtap:
+    a rule whose RUN program waited for libvirt would hold udev's queue while
+    libvirt waits for that queue, up to 120 s. With libvirtd frozen, the
+    uplink's return still leaves udev's queue at once: the rule handed the
+    event to a detached worker, which re-attaches the NIC once libvirtd runs."""
+    import os
+    import signal
+
+    from tests.integration.conftest import detached_workers
+
+    up, nic, guest = booted(harness, testbed)
+    up.delete()
+    hook.settle()
+    assert guest.interface_xml(nic.mac) is None, f"not parked\n{hook.log()}"
+    pgrep = subprocess.run(["pgrep", "-x", "libvirtd"], capture_output=True, text=True, check=True)
+    (pid,) = (int(p) for p in pgrep.stdout.split())
+    pos = guest.console_position()
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        start = time.monotonic()
+        up.recreate()
+        settled = subprocess.run(["udevadm", "settle", "--timeout=10"], capture_output=True, text=True, check=False)
+        timings["uplink back, libvirtd frozen -> udev queue empty"] = time.monotonic() - start
+        assert settled.returncode == 0, f"udev's queue waited for libvirt: {settled.stderr}"
+        assert detached_workers(), "a worker waits for libvirt, outside the event"
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    hook.settle()
+    macvtap_alive_on(harness, guest, nic.mac, up)
+    guest.wait_for_ping(nic.mac, after_line=pos, timeout=30)
+    assert hook.parked() == []

@@ -21,7 +21,8 @@ def run(
     if not config.exists():
         config.write_text(
             f'state_dir = "{tmp}/state"\nrun_dir = "{tmp}/run"\nuris = ["qemu+unix:///system?socket=/nonexistent/libvirt-sock"]\n'
-            "lock_timeout = 1\n"
+            # The run's own work, in the process udev starts (the default hands it off).
+            'lock_timeout = 1\nhandoff = "inline"\n'
         )
         config.chmod(0o644)
     full_env = {"PATH": os.environ["PATH"], "MACVTAP_HOOK_CONFIG": str(config), "MACVTAP_HOOK_LOG": "stderr"}

@@ -89,6 +89,27 @@ def fake_systemctl(tmp_path: Path) -> Path:
     return bindir
 
 
+def detached_drains(config: str) -> list[int]:
+    """PIDs of the detached workers (`python -I -m macvtap_hook drain`) run with this configuration."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+            environ = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv[-3:-1] == [b"macvtap_hook", b"drain"] and f"MACVTAP_HOOK_CONFIG={config}".encode() in environ:
+            found.append(int(entry))
+    return found
+
+
+def wait_for_no_drains(config: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while pids := detached_drains(config):
+        assert time.monotonic() < deadline, f"detached workers still running: {pids}"
+        time.sleep(0.02)
+
+
 def test_systemd_handoff_starts_one_instance_per_event(tmp_path: Path, fake_systemctl: Path) -> None:
     env = config(tmp_path)
     env["MACVTAP_HOOK_CONFIG"] = str(tmp_path / "sd.toml")
@@ -105,6 +126,7 @@ def test_systemd_handoff_starts_one_instance_per_event(tmp_path: Path, fake_syst
     assert (done.returncode, done.stderr) == (0, "")
     calls = (tmp_path / "systemctl.calls").read_text().splitlines()
     assert calls == ["--no-block start macvtap-hook@4242.service"]
+    assert detached_drains(env["MACVTAP_HOOK_CONFIG"]) == [], "the unit does the work, not a detached worker"
     (hint,) = (tmp_path / "run" / "hints").iterdir()
     assert json.loads(hint.read_text())["iface"] == "eth1"
     assert not (tmp_path / "run" / "lock").exists(), "no libvirt work inside udev"
@@ -116,10 +138,11 @@ def test_systemd_handoff_starts_one_instance_per_event(tmp_path: Path, fake_syst
     for iface in ("eth2", "eth3", "eth4"):  # libvirt stays down: hints do not pile up
         ev = dict(env, ACTION="remove", SUBSYSTEM="net", INTERFACE=iface, PATH=os.environ["PATH"])
         subprocess.run([sys.executable, "-m", "macvtap_hook", "udev"], env=ev, capture_output=True, check=False)
+    wait_for_no_drains(env["MACVTAP_HOOK_CONFIG"])
     assert len(list((tmp_path / "run" / "hints").iterdir())) == 1
 
 
-def test_systemd_handoff_failure_falls_back_to_inline(tmp_path: Path, fake_systemctl: Path) -> None:
+def test_systemd_handoff_failure_falls_back_to_a_detached_worker(tmp_path: Path, fake_systemctl: Path) -> None:
     env = config(tmp_path)
     (tmp_path / "sd.toml").write_text(
         f'state_dir = "{tmp_path}/state"\nrun_dir = "{tmp_path}/run"\nhandoff = "systemd"\n'
@@ -131,9 +154,47 @@ def test_systemd_handoff_failure_falls_back_to_inline(tmp_path: Path, fake_syste
         env=dict(env, ACTION="remove", SUBSYSTEM="net", INTERFACE="eth1", SEQNUM="999"),
         capture_output=True, text=True, check=False,
     )  # fmt: skip
-    assert "could not start macvtap-hook@999.service" in done.stderr and "doing the work without it" in done.stderr
-    assert done.returncode == 5, "inline run tried libvirt"
-    assert len(list((tmp_path / "run" / "hints").iterdir())) == 1, "one event, one kept hint"
+    assert "could not start macvtap-hook@999.service" in done.stderr
+    assert "a detached worker does the work" in done.stderr
+    assert done.returncode == 0, "the udev side made no libvirt call"
+    wait_for_no_drains(env["MACVTAP_HOOK_CONFIG"])
+    assert len(list((tmp_path / "run" / "hints").iterdir())) == 1, "one event, one hint, kept: libvirt is down"
+    assert (tmp_path / "run" / "lock").exists(), "the worker took the lock"
+
+
+def test_without_systemd_an_event_never_waits_for_the_work(tmp_path: Path) -> None:
+    """What the udev rule runs on a host without systemd hands the event to a
+    detached worker and returns: it waits neither for the lock nor for
+    libvirt (libvirt >= 12.3 waits for udev's queue after making a macvtap),
+    and the worker, in a session of its own, outlives it."""
+    env = config(tmp_path, 'uris = ["qemu+unix:///system?socket=/nonexistent/sock"]\nlock_timeout = 60\n')
+    (tmp_path / "config.toml").write_text(
+        (tmp_path / "config.toml").read_text().replace('handoff = "inline"', 'handoff = "detach"')
+    )
+    (tmp_path / "run").mkdir(mode=0o700)
+    lock = tmp_path / "run" / "lock"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl,sys; f=open(sys.argv[1],'a'); fcntl.flock(f,2); print(1, flush=True); "
+         "sys.stdin.read()", str(lock)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"1\n"
+        # Inline, this would wait up to lock_timeout (60 s) for the holder.
+        done = subprocess.run(
+            [sys.executable, "-m", "macvtap_hook", "udev"],
+            env=dict(env, ACTION="remove", SUBSYSTEM="net", INTERFACE="eth1", SEQNUM="7"),
+            capture_output=True, text=True, check=False, timeout=10,
+        )  # fmt: skip
+        assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
+        (worker,) = detached_drains(env["MACVTAP_HOOK_CONFIG"])
+        assert os.getsid(worker) == worker, "the worker leads a session of its own"
+        assert len(list((tmp_path / "run" / "hints").iterdir())) == 1
+    finally:
+        holder.kill()
+        holder.wait()
+    wait_for_no_drains(env["MACVTAP_HOOK_CONFIG"])
+    assert len(list((tmp_path / "run" / "hints").iterdir())) == 1, "libvirt is down: the worker kept the hint"
 
 
 def test_while_libvirt_is_down_the_hints_that_identify_removed_hardware_are_kept(tmp_path: Path) -> None:
