@@ -45,6 +45,8 @@ REPO = Path(__file__).resolve().parents[2]
 NOT_IN_ROOT = ("tests/integration/test_release_package.py",)
 # The release each machine release tests besides its own.
 OTHER = {"bookworm": "trixie", "trixie": "bookworm"}
+# Suites whose Release files expire within days (the archive here is a snapshot).
+ROLLING = ("sid", "unstable")
 # Debian's release numbers, for messages and test ids.
 NUMBER = {"bookworm": "12", "trixie": "13", "forky": "14", "sid": "unstable"}
 CLEAN_ENV = {
@@ -251,6 +253,9 @@ def _bootstrap(suite: str, root: Path) -> None:
     policy.write_text("#!/bin/sh\n# macvtap-hook tests: no daemon starts during an install\nexit 101\n")
     policy.chmod(0o755)
     shutil.copyfile("/etc/resolv.conf", partial / "etc/resolv.conf")
+    if suite in ROLLING:
+        # The archive here is a snapshot: sid's Release files have expired.
+        (partial / "etc/apt/apt.conf.d/90mht-snapshot").write_text('Acquire::Check-Valid-Until "false";\n')
     for point in MOUNT_POINTS:
         (partial / point).mkdir(parents=True, exist_ok=True)
     (partial / STAMP).write_text(f"{suite} {source} {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n")
