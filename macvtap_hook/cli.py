@@ -145,7 +145,7 @@ def _matters(cfg: Config, hint: Hint) -> bool:
     )
 
 
-def _hand_off(cfg: Config, hint: Hint, seqnum: str | None) -> bool:
+def _hand_off(cfg: Config, hint: Hint, seqnum: str | None, *, inline_allowed: bool = True) -> bool:
     """Leave the libvirt work to a process outside the caller's event.
 
     udevd runs RUN programs with a time limit, and libvirt 12.3 and later wait
@@ -154,22 +154,27 @@ def _hand_off(cfg: Config, hint: Hint, seqnum: str | None) -> bool:
     would hold that queue, and both would wait for each other. On a host
     booted with systemd a worker unit does the work, one instance per event so
     that no event's start request is merged into a worker about to exit;
-    elsewhere a detached `drain`. Both take the lock and drain the hint
-    queue, so events that arrive meanwhile are not lost. False: do it here.
+    elsewhere (or when systemctl fails) a detached `drain`. Both take the lock
+    and drain the hint queue, so events that arrive meanwhile are not lost.
+    False: the caller does the work itself (the hint is then its own to queue);
+    a caller that may not (libvirt's hooks) leaves the hint for the next run.
     """
-    mode = cfg.handoff
-    if mode == "inline":
+    if cfg.handoff == "inline" and inline_allowed:
         return False
-    systemd = mode == "systemd" or (mode == "auto" and os.path.isdir("/run/systemd/system"))
-    return (systemd and _start_worker_unit(cfg, hint, seqnum)) or _spawn_drain(cfg, hint)
-
-
-def _start_worker_unit(cfg: Config, hint: Hint, seqnum: str | None) -> bool:
-    import subprocess
-
     from macvtap_hook.hints import HintQueue
 
     written = HintQueue(cfg.hints_dir).put(hint)
+    systemd = cfg.handoff == "systemd" or (cfg.handoff == "auto" and os.path.isdir("/run/systemd/system"))
+    if (systemd and _start_worker_unit(hint, seqnum)) or _start_detached_worker(hint):
+        return True
+    if inline_allowed:
+        written.unlink(missing_ok=True)  # the inline run queues its own
+    return False
+
+
+def _start_worker_unit(hint: Hint, seqnum: str | None) -> bool:
+    import subprocess
+
     instance = seqnum if seqnum and seqnum.isdigit() else str(os.getpid())
     unit = f"macvtap-hook@{instance}.service"
     try:
@@ -179,9 +184,29 @@ def _start_worker_unit(cfg: Config, hint: Hint, seqnum: str | None) -> bool:
         failure = str(exc)
     if failure:
         log.warning("could not start %s (%s); a detached worker does the work", unit, failure)
-        written.unlink(missing_ok=True)  # the detached worker's own hint stands for it
         return False
     log.debug("%s: handed to %s", hint.describe(), unit)
+    return True
+
+
+def _start_detached_worker(hint: Hint) -> bool:
+    """A `drain` of our own in a session of its own, whose standard streams
+    are not the caller's (udevd and libvirt read those until they close, so
+    they would wait for it): the caller returns at once, the drain outlives it."""
+    import subprocess
+
+    try:
+        subprocess.Popen(
+            [sys.executable, "-I", "-m", "macvtap_hook", "drain"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    except OSError as exc:
+        log.warning("could not start a detached worker (%s)", exc)
+        return False
+    log.debug("%s: handed to a detached worker", hint.describe())
     return True
 
 
@@ -215,40 +240,12 @@ def _libvirt_network_hook(argv: Sequence[str]) -> int:
         from macvtap_hook.hints import Hint
 
         hint = Hint(source="libvirt-network-hook", action="add", iface=None, bridge=True)
-        if not _hand_off(cfg, hint, None):
-            _spawn_drain(cfg, hint)
+        _hand_off(cfg, hint, None, inline_allowed=False)
         log.debug("network %s started: its taps are put back by a worker", argv[0])
     except BaseException:
         with contextlib.suppress(BaseException):  # nothing may escape to libvirt
             log.exception("libvirt network hook failed (ignored)")
     return EXIT_OK
-
-
-def _spawn_drain(cfg: Config, hint: Hint) -> bool:
-    """Without systemd: queue the hint and start a detached `drain` of our
-    own, in a session of its own, whose standard streams are not the
-    caller's (udevd and libvirt read those until they close, so they would
-    wait for the drain). The caller returns at once; the drain outlives it.
-    False when it cannot be started: the caller then does the work itself."""
-    import subprocess
-
-    from macvtap_hook.hints import HintQueue
-
-    written = HintQueue(cfg.hints_dir).put(hint)
-    try:
-        subprocess.Popen(
-            [sys.executable, "-I", "-m", "macvtap_hook", "drain"],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-    except OSError as exc:
-        log.warning("could not start a detached worker (%s); doing the work here", exc)
-        written.unlink(missing_ok=True)
-        return False
-    log.debug("%s: handed to a detached worker", hint.describe())
-    return True
 
 
 # -- administrator commands ---------------------------------------------------

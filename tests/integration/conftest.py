@@ -164,30 +164,11 @@ class InstalledHook:
         program exits, so once udev's queue is empty, no worker alive means
         the work is done."""
         import subprocess
-        import time
+
+        from tests.workers import wait_for_no_drains
 
         subprocess.run(["udevadm", "settle", f"--timeout={int(timeout)}"], check=True)
-        deadline = time.monotonic() + timeout
-        while workers := detached_workers():
-            if time.monotonic() > deadline:
-                raise AssertionError(f"detached workers still running after {timeout} s: {workers}")
-            time.sleep(0.01)
-
-
-def detached_workers() -> list[int]:
-    """PIDs of the tool's detached `drain` processes (`python -I -m macvtap_hook drain`)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        at = argv.index(b"macvtap_hook") if b"macvtap_hook" in argv else -1
-        if at >= 0 and argv[at + 1 : at + 2] == [b"drain"]:
-            found.append(int(entry))
-    return found
+        wait_for_no_drains(timeout=timeout)
 
 
 @contextmanager

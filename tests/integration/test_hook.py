@@ -189,7 +189,7 @@ def test_udev_events_never_wait_for_libvirt(harness, testbed, hook, timings) -> 
     import os
     import signal
 
-    from tests.integration.conftest import detached_workers
+    from tests.workers import detached_drains
 
     up, nic, guest = booted(harness, testbed)
     up.delete()
@@ -205,7 +205,7 @@ def test_udev_events_never_wait_for_libvirt(harness, testbed, hook, timings) -> 
         settled = subprocess.run(["udevadm", "settle", "--timeout=10"], capture_output=True, text=True, check=False)
         timings["uplink back, libvirtd frozen -> udev queue empty"] = time.monotonic() - start
         assert settled.returncode == 0, f"udev's queue waited for libvirt: {settled.stderr}"
-        assert detached_workers(), "a worker waits for libvirt, outside the event"
+        assert detached_drains(), "a worker waits for libvirt, outside the event"
     finally:
         os.kill(pid, signal.SIGCONT)
     hook.settle()

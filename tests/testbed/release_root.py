@@ -47,8 +47,6 @@ NOT_IN_ROOT = ("tests/integration/test_release_package.py",)
 OTHER = {"bookworm": "trixie", "trixie": "bookworm"}
 # Suites whose Release files expire within days (the archive here is a snapshot).
 ROLLING = ("sid", "unstable")
-# Debian's release numbers, for messages and test ids.
-NUMBER = {"bookworm": "12", "trixie": "13", "forky": "14", "sid": "unstable"}
 CLEAN_ENV = {
     "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
     "LC_ALL": "C.UTF-8",

@@ -56,15 +56,17 @@ mkdir "$folder"
 echo $$ > "$folder/cgroup.procs"
 exec "$@"
 """
-# Kills what is left in such folders, then removes them, deepest first.
-REMOVE_OWN_CGROUPS = """
+# Kills what is left in such folders (the arguments, else every one there
+# is), then removes them, deepest first; prints those that stay.
+REMOVE_OWN_CGROUPS = f"""
 mount -t cgroup2 cgroup2 /sys/fs/cgroup || exit 1
 cd /sys/fs/cgroup
+[ $# -gt 0 ] || set -- {OWN_CGROUP_PREFIX}*
 for top in "$@"; do
     [ -d "$top" ] || continue
     [ ! -e "$top/cgroup.kill" ] || echo 1 > "$top/cgroup.kill"
     for _ in $(seq 100); do grep -q 'populated 0' "$top/cgroup.events" && break; sleep 0.1; done
-    find "$top" -depth -type d -exec rmdir {} + 2>/dev/null
+    find "$top" -depth -type d -exec rmdir {{}} + 2>/dev/null
     [ ! -d "$top" ] || echo "$top"
 done
 """
@@ -180,11 +182,8 @@ def systemd_version() -> int:
 def _remove_own_cgroups(names: Sequence[str] | None = None) -> list[str]:
     """Kill and remove the hosts' own cgroup2 folders (NAMES, or every one a
     dead run left); return those that stay."""
-    script = REMOVE_OWN_CGROUPS
-    if names is None:
-        script = script.replace('for top in "$@"', f"for top in {OWN_CGROUP_PREFIX}*")
     done = subprocess.run(
-        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", *(names or ())],
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", REMOVE_OWN_CGROUPS, "sh", *(names or ())],
         capture_output=True, text=True, check=False, timeout=60, env=CLEAN_ENV,
     )  # fmt: skip
     return done.stdout.split()

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.unit.test_cli import run
+from tests.workers import detached_drains, wait_for_no_drains
 
 # A converging run that takes a while and counts itself, instead of libvirt.
 SLOW_RUN = textwrap.dedent(
@@ -87,27 +88,6 @@ def fake_systemctl(tmp_path: Path) -> Path:
     )
     script.chmod(0o755)
     return bindir
-
-
-def detached_drains(config: str) -> list[int]:
-    """PIDs of the detached workers (`python -I -m macvtap_hook drain`) run with this configuration."""
-    found = []
-    for entry in os.listdir("/proc"):
-        try:
-            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-            environ = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if argv[-3:-1] == [b"macvtap_hook", b"drain"] and f"MACVTAP_HOOK_CONFIG={config}".encode() in environ:
-            found.append(int(entry))
-    return found
-
-
-def wait_for_no_drains(config: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while pids := detached_drains(config):
-        assert time.monotonic() < deadline, f"detached workers still running: {pids}"
-        time.sleep(0.02)
 
 
 def test_systemd_handoff_starts_one_instance_per_event(tmp_path: Path, fake_systemctl: Path) -> None:

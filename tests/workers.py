@@ -1,0 +1,37 @@
+"""The tool's detached workers (`python -I -m macvtap_hook drain`), as the unit
+and the integration tests find and wait for them."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+
+def detached_drains(config: str | None = None) -> list[int]:
+    """PIDs of the detached `drain` processes; with CONFIG, only those run with
+    MACVTAP_HOOK_CONFIG=CONFIG."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+            if argv[-3:-1] != [b"macvtap_hook", b"drain"]:
+                continue
+            if config is not None:
+                environ = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
+                if f"MACVTAP_HOOK_CONFIG={config}".encode() not in environ:
+                    continue
+        except OSError:
+            continue
+        found.append(int(entry))
+    return found
+
+
+def wait_for_no_drains(config: str | None = None, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while pids := detached_drains(config):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"detached workers still running after {timeout} s: {pids}")
+        time.sleep(0.01)
