@@ -22,6 +22,7 @@ import re
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -367,13 +368,35 @@ def test_udev_hands_off_to_worker_units_park_and_reattach(harness, host, bed, ti
         assert entry["SYSLOG_IDENTIFIER"] == PKG and entry["PRIORITY"] == "6"
 
 
+FORCED_SHUTDOWN = "Make forcefull daemon shutdown"  # libvirt's own spelling (virnetdaemon.c)
+
+
+def stop_libvirtd(host: sh.SystemdHost) -> None:
+    """Stop libvirtd and its sockets once none of the tool's units runs (so
+    none is in a call to libvirtd). libvirtd 11.3 once (a CI run on the trixie
+    root, a guest booted 3 s before) gave up its graceful shutdown after 30 s
+    and exited 1, which left its unit failed; 12 repeated runs with its debug
+    log never showed it again, and its stop normally takes 3 ms. That ending
+    is libvirt's, not a unit of this tool: it is reset and reported, and any
+    other failed unit still fails the test."""
+    settle(host)
+    cursor = host_cursor(host)
+    host.systemctl("stop", *LIBVIRT_UNITS[:3], "libvirtd.service")
+    failed = host.failed_units()
+    if failed == ["libvirtd.service"] and any(FORCED_SHUTDOWN in line for line in unit_lines(host, cursor, failed[0])):
+        print(f"libvirtd ended with {FORCED_SHUTDOWN!r}:\n{host.failed_report()}", file=sys.stderr)
+        host.systemctl("reset-failed", "libvirtd.service")
+        warnings.warn(f"libvirtd's stop timed out in libvirtd itself ({FORCED_SHUTDOWN!r})", stacklevel=2)
+    assert host.failed_units() == [], host.failed_report()
+
+
 def test_libvirtd_stopped_while_uplink_goes_and_comes(harness, host, bed, timings) -> None:  # type: ignore[no-untyped-def]
     """(b): events while libvirtd (service and sockets) is stopped are kept,
     no unit fails, and the reconcile unit run when libvirtd starts repairs the NIC."""
     up, nic, guest = booted(harness, bed)
     old_tap = guest.macvtap_of(nic.mac)
     bed.conn.close()
-    host.systemctl("stop", *LIBVIRT_UNITS[:3], "libvirtd.service")
+    stop_libvirtd(host)
     try:
         assert host.systemctl("is-active", "libvirtd.service", check=False).stdout.strip() != "active"
         up.delete()

@@ -712,6 +712,7 @@ class Testbed:
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="mht-bed-")))
     guests: list[Guest] = field(default_factory=list)
     _guest_count: int = 0
+    uri: str = field(init=False, default="")
 
     def uplink(self, index: int) -> Uplink:
         return Uplink.make(index, self.prefix)
@@ -754,7 +755,16 @@ class Testbed:
     def pool_network(self, suffix: str, devs: Sequence[str], start: bool = True) -> libvirt.virNetwork:
         return define_pool_network(self.conn, f"{self.prefix}-{suffix}", devs, start=start)
 
+    def __post_init__(self) -> None:
+        self.uri = self.conn.getURI()  # a test may close the connection; the cleanup still needs one
+
     def close(self) -> list[str]:
+        try:
+            alive = self.conn.isAlive() == 1
+        except libvirt.libvirtError:
+            alive = False
+        if not alive:
+            self.conn = connect(self.uri)
         return cleanup(self.prefix, self.conn)
 
 
