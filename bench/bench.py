@@ -19,6 +19,13 @@
     port: from the bridge's return to the guest's tap back on it and to the
     guest's first ping, through udevd and the installed rule, next to a
     hand-made `ip link set vnetN master BR` (median of --cycles).
+(e) the start of a guest with one direct NIC (libvirt's createXML, which
+    creates the macvtap: libvirt 12.3 and later then wait for udev to
+    settle), with the tool's udev rule installed and without, alternated
+    (median of --cycles): what the tool costs a guest's start.
+
+The tool runs with the hand-off its configuration would have by default
+(without systemd as PID 1: a detached worker) unless --handoff says another.
 
 Needs the real stack (tests/testbed/setup), root, and the package installed
 in the interpreter running this (pip install .): measure with the interpreter
@@ -27,7 +34,8 @@ the host runs the tool with, e.g. Debian's own, through a venv made with
 pyroute2 and pyudev are what is timed). It refuses to run while
 another installation of the hook is active (its udev rule would act on the
 bench's links). Machines here are noisy: compare within one run.
-Run: bench/bench.py [--runs N] [--cycles N] [--guests 1,8] [--no-bridge]
+Run: bench/bench.py [--runs N] [--cycles N] [--guests 1,8] [--no-bridge] [--handoff H]
+In a release root (sid, trixie...): python3 tests/testbed/release_root.py bench SUITE [-- ARGS]
 """
 
 from __future__ import annotations
@@ -46,7 +54,10 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "testbed"))
+sys.path.insert(0, str(REPO))
 import harness  # noqa: E402
+
+from tests.workers import wait_for_no_drains  # noqa: E402
 
 PREFIX = "mhb"
 CONFIG = Path("/etc/macvtap-hook/config.toml")
@@ -70,6 +81,27 @@ def finish(proc: subprocess.Popen[bytes], start: float) -> tuple[float, int, int
     wall = time.perf_counter() - start
     proc.returncode = os.waitstatus_to_exitcode(status)
     return wall, usage.ru_maxrss, proc.returncode
+
+
+def stack() -> str:
+    """The versions measured: libvirtd, QEMU, udevd, Python and the tool's libraries."""
+    import libvirt
+    import pyroute2
+
+    conn = libvirt.open("qemu:///system")
+    try:
+        lv, qemu = conn.getLibVersion(), conn.getVersion()
+    finally:
+        conn.close()
+
+    def dotted(v: int) -> str:
+        return f"{v // 1000000}.{v // 1000 % 1000}.{v % 1000}"
+
+    udevd = subprocess.run(["udevadm", "--version"], capture_output=True, text=True, check=False).stdout.strip()
+    return (
+        f"libvirt {dotted(lv)}, QEMU {dotted(qemu)}, udev {udevd}, Python {sys.version.split()[0]},"
+        f" pyroute2 {getattr(pyroute2, '__version__', '?')}"
+    )
 
 
 def ms(seconds: float) -> str:
@@ -100,14 +132,16 @@ class Tool:
     """The tool configured for the bench (its state in the bench's folder),
     the host's own configuration file kept aside meanwhile."""
 
-    def __init__(self, work: Path) -> None:
+    def __init__(self, work: Path, handoff: str | None = None) -> None:
         self.work = work
+        self.handoff = handoff
         self.backup = CONFIG.read_bytes() if CONFIG.exists() else None
         self.installed = False
 
     def configure(self) -> None:
         CONFIG.parent.mkdir(parents=True, exist_ok=True)
-        CONFIG.write_text(f'state_dir = "{self.work}/state"\nrun_dir = "{self.work}/run"\nhandoff = "inline"\n')
+        handoff = f'handoff = "{self.handoff}"\n' if self.handoff else ""
+        CONFIG.write_text(f'state_dir = "{self.work}/state"\nrun_dir = "{self.work}/run"\n{handoff}')
         CONFIG.chmod(0o644)
 
     def install(self) -> None:
@@ -116,6 +150,7 @@ class Tool:
 
     def uninstall(self) -> None:
         subprocess.run(["udevadm", "settle"], check=False)
+        wait_for_no_drains()
         if self.installed:
             subprocess.run([BIN, "-q", "uninstall", "--runtime"], check=False, capture_output=True)
             self.installed = False
@@ -132,7 +167,9 @@ class Tool:
 
 
 def settle() -> None:
+    """udev has run every rule, and the work they handed off is done."""
     subprocess.run(["udevadm", "settle", "--timeout=120"], check=True)
+    wait_for_no_drains(timeout=120)
 
 
 # --------------------------------------------------------------------------- the guests
@@ -242,10 +279,14 @@ def bench_events(tool: Tool, runs: int, guests: int, indexed_uplink: str) -> lis
             f"    {name.split()[0]}: {len(extra_modules)} modules beyond python -c pass"
             f" (heavy: {', '.join(heavy) or 'none'})"
         )
-    full = [timed([BIN, "udev"], env=dict(common, ACTION="remove", INTERFACE=indexed_uplink)) for _ in range(5)]
+    full = []
+    for _ in range(5):
+        full.append(timed([BIN, "udev"], env=dict(common, ACTION="remove", INTERFACE=indexed_uplink)))
+        wait_for_no_drains()
+    wall, rss = statistics.median(w for w, _, _ in full), max(r for _, r, _ in full)
     out.append(
-        f"    for contrast, a full run (remove of an uplink NICs sit on, nothing to do): "
-        f"{ms(statistics.median(w for w, _, _ in full))}, {max(r for _, r, _ in full) / 1024:.1f} MiB peak RSS"
+        f"    for contrast, `udev` for the remove of an uplink NICs sit on (nothing to do; {tool.handoff or 'default'}"
+        f" hand-off): {ms(wall)}, {rss / 1024:.1f} MiB peak RSS"
     )
     harness.run(["ip", "link", "del", f"{PREFIX}q0"])
     return out
@@ -437,12 +478,49 @@ def bench_bridge(tool: Tool, tb: Any, cycles: int) -> list[str]:
     ]
 
 
+# --------------------------------------------------------------------------- (e) guest start
+
+
+def bench_start(tool: Tool, tb: Any, uplink_index: int, cycles: int) -> list[str]:
+    """createXML of a guest with one direct NIC, with and without the rule (alternated)."""
+    up = tb.uplink(uplink_index)
+    nic = harness.Nic.direct(up, 10)
+    times: dict[bool, list[float]] = {True: [], False: []}
+    tool.configure()
+    try:
+        for i in range(cycles):
+            for rule in (True, False) if i % 2 == 0 else (False, True):
+                if rule:
+                    tool.install()
+                guest = harness.Guest(tb.conn, f"{PREFIX}-start", [nic], tb.workdir)
+                start = time.perf_counter()
+                guest.start()
+                times[rule].append(time.perf_counter() - start)
+                guest.destroy()
+                settle()
+                if rule:
+                    tool.uninstall()
+    finally:
+        tool.uninstall()
+    with_rule, without = (statistics.median(times[k]) for k in (True, False))
+    return [
+        f"(e) a guest with one direct NIC started (createXML returns; median of {cycles}, alternated)",
+        f"    with the udev rule         {ms(with_rule)}   {with_rule / without:5.2f} x without (target <= 1.5 x)",
+        f"    without it                 {ms(without)}   (slowest with / without: "
+        f"{max(times[True]) * 1000:.0f} / {max(times[False]) * 1000:.0f} ms)",
+    ]
+
+
+# --------------------------------------------------------------------------- main
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=40, help="runs of each event in (a)")
     parser.add_argument("--cycles", type=int, default=5, help="uplink cycles per method in (b) and (c)")
     parser.add_argument("--guests", default="1,8", help="guest counts for (b), comma-separated")
     parser.add_argument("--no-bridge", action="store_true", help="leave out (d), the bridge taps")
+    parser.add_argument("--handoff", help="the tool's `handoff` setting (default: its own default)")
     args = parser.parse_args()
     found = other_installation()
     if found:
@@ -451,11 +529,12 @@ def main() -> int:
         sys.exit(f"bench: {BIN} missing: pip install . first")
     sizes = [int(x) for x in args.guests.split(",") if x]
     print(f"macvtap-hook bench: {time.strftime('%Y-%m-%d %H:%M:%S')} UTC, {os.cpu_count()} CPUs, {sys.executable}")
+    print(f"  {stack()}; hand-off: {args.handoff or 'the default'}")
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     print(f"load average before: {load} (a shared, noisy machine: compare ratios within this run)")
     with tempfile.TemporaryDirectory(prefix="mhb-") as tmp:
         work = Path(tmp)
-        tool = Tool(work)
+        tool = Tool(work, args.handoff)
         harness.cleanup(PREFIX)
         tb = harness.Testbed(prefix=PREFIX, workdir=work / "bed")
         try:
@@ -473,6 +552,8 @@ def main() -> int:
             if not args.no_bridge:
                 for line in bench_bridge(tool, tb, args.cycles):
                     print(line, flush=True)
+            for line in bench_start(tool, tb, len(sizes) + 2, args.cycles):
+                print(line, flush=True)
         finally:
             tool.restore()
             tb.close()

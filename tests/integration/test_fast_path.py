@@ -64,6 +64,9 @@ def test_hot_plugged_nic_on_a_new_uplink_is_parked(harness, testbed, hook, tmp_p
     assert guest.interface_xml(n0.mac) is not None, "the other NIC is untouched"
 
 
+SETTLES_AFTER_MACVTAP = 12_003_000  # libvirt 12.3.0 (NEWS: "Wait for udev to settle after creating macvtap")
+
+
 @pytest.mark.parametrize("events", ["handled-in-order", "held-until-the-uplink-is-gone"])
 def test_guest_started_just_before_its_uplink_goes_is_parked(harness, testbed, hook, events) -> None:  # type: ignore[no-untyped-def]
     up = testbed.uplink(0)
@@ -71,6 +74,11 @@ def test_guest_started_just_before_its_uplink_goes_is_parked(harness, testbed, h
     assert up.name not in before
     nic = harness.Nic.direct(up, 10)
     held = events == "held-until-the-uplink-is-gone"
+    if held and testbed.conn.getLibVersion() >= SETTLES_AFTER_MACVTAP:
+        pytest.skip(
+            "libvirt >= 12.3 runs `udevadm settle` after creating a macvtap: a guest's start waits (up to 120 s)"
+            " until udev has handled its macvtap's add, so that add can no longer be held past the start"
+        )
     if held:
         # The macvtap's add, and then the uplink's remove, reach the hook
         # only once the uplink is gone: sysfs no longer says what it was.

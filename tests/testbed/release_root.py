@@ -17,10 +17,12 @@ own (its apt sources).
     python3 tests/testbed/release_root.py other              # which release
     python3 tests/testbed/release_root.py remove [SUITE]
     python3 tests/testbed/release_root.py test [SUITE] [-- PYTEST-ARGS...]
+    python3 tests/testbed/release_root.py bench [SUITE] [-- BENCH-ARGS...]
 
 ``test`` runs tests/run-all inside the root (its setup installs and starts
 the release's libvirtd, virtlogd and systemd-udevd there), with the machine's
-own libvirtd and udevd stopped meanwhile and started again after.
+own libvirtd and udevd stopped meanwhile and started again after; ``bench``
+runs bench/run the same way.
 """
 
 from __future__ import annotations
@@ -330,6 +332,13 @@ def copy_checkout(dest: Path) -> None:
 
 def test(suite: str, pytest_args: Sequence[str] = ()) -> int:
     """tests/run-all inside the root of SUITE; its exit code."""
+    ignore = [f"--ignore={path}" for path in NOT_IN_ROOT]
+    return inside(suite, "tests/run-all", [*ignore, *pytest_args])
+
+
+def inside(suite: str, script: str, args: Sequence[str]) -> int:
+    """SCRIPT of a copy of this checkout, run with ARGS inside the root of
+    SUITE, the machine's libvirtd and udevd stopped meanwhile; its exit code."""
     if os.environ.get("MACVTAP_TEST_RELEASE_ROOT"):
         raise RootError("already inside a release root")
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -341,11 +350,10 @@ def test(suite: str, pytest_args: Sequence[str] = ()) -> int:
         shutil.rmtree(src)
     src.mkdir(parents=True)
     copy_checkout(src)
-    ignore = [f"--ignore={path}" for path in NOT_IN_ROOT]
     env = {"HOME": "/root", "MACVTAP_TEST_RELEASE_ROOT": suite}
     env |= {k: v for k, v in os.environ.items() if k in ("CI", "MACVTAP_TEST_PREFIX")}
-    argv = ["bash", "/mnt/mht-src/tests/run-all", *ignore, *pytest_args]
-    _log(f"{suite}: tests/run-all {' '.join(argv[2:])} (the machine's libvirtd and udevd stopped meanwhile)")
+    argv = ["bash", f"/mnt/mht-src/{script}", *args]
+    _log(f"{suite}: {script} {' '.join(args)} (the machine's libvirtd and udevd stopped meanwhile)")
     stopped = systemd_host.stop_machine_daemons()
     try:
         return subprocess.run(
@@ -361,12 +369,12 @@ def main(args: Sequence[str] | None = None) -> int:
     argv = words[words.index("--") + 1 :] if "--" in words else []
     words = words[: words.index("--")] if "--" in words else words
     parser = argparse.ArgumentParser(prog="release_root.py", description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("action", choices=("ensure", "run", "remove", "other", "test"))
+    parser.add_argument("action", choices=("ensure", "run", "remove", "other", "test", "bench"))
     parser.add_argument("suite", nargs="?", help="default: the release the machine tests besides its own")
     ns = parser.parse_args(words)
     if ns.action == "run" and not argv:
         parser.error("run takes a command after --")
-    if argv and ns.action not in ("run", "test"):
+    if argv and ns.action not in ("run", "test", "bench"):
         parser.error(f"{ns.action} takes nothing after --")
     try:
         suite = ns.suite or other_release()
@@ -378,6 +386,8 @@ def main(args: Sequence[str] | None = None) -> int:
             remove(suite)
         elif ns.action == "test":
             return test(suite, argv)
+        elif ns.action == "bench":
+            return inside(suite, "bench/run", argv)
         else:
             return subprocess.run(command(suite, argv), check=False).returncode
     except RootError as exc:
