@@ -146,68 +146,31 @@ def _matters(cfg: Config, hint: Hint) -> bool:
 
 
 def _hand_off(cfg: Config, hint: Hint, seqnum: str | None, *, inline_allowed: bool = True) -> bool:
-    """Leave the libvirt work to a process outside the caller's event.
-
-    udevd runs RUN programs with a time limit, and libvirt 12.3 and later wait
-    for udev's whole queue (`udevadm settle`, up to 120 s) after creating a
-    macvtap: a RUN program that waited for libvirt, or for a run that does,
-    would hold that queue, and both would wait for each other. On a host
-    booted with systemd a worker unit does the work, one instance per event so
-    that no event's start request is merged into a worker about to exit;
-    elsewhere (or when systemctl fails) a detached `drain`. Both take the lock
-    and drain the hint queue, so events that arrive meanwhile are not lost.
-    False: the caller does the work itself (the hint is then its own to queue);
-    a caller that may not (libvirt's hooks) leaves the hint for the next run.
-    """
+    """Leave the libvirt work to a process outside the caller's event
+    (handoff.py says why and how). False: the caller does the work itself
+    (the hint is then its own to queue); a caller that may not (libvirt's
+    hooks) leaves the hint for the next run."""
     if cfg.handoff == "inline" and inline_allowed:
         return False
+    from macvtap_hook import handoff
     from macvtap_hook.hints import HintQueue
 
     written = HintQueue(cfg.hints_dir).put(hint)
-    systemd = cfg.handoff == "systemd" or (cfg.handoff == "auto" and os.path.isdir("/run/systemd/system"))
-    if (systemd and _start_worker_unit(hint, seqnum)) or _start_detached_worker(hint):
+    if handoff.uses_systemd(cfg.handoff):
+        unit = handoff.unit_name(seqnum)
+        failure = handoff.start_worker_unit(unit)
+        if failure is None:
+            log.debug("%s: handed to %s", hint.describe(), unit)
+            return True
+        log.warning("could not start %s (%s); a detached worker does the work", unit, failure)
+    failure = handoff.start_detached_worker()
+    if failure is None:
+        log.debug("%s: handed to a detached worker", hint.describe())
         return True
+    log.warning("could not start a detached worker (%s)", failure)
     if inline_allowed:
         written.unlink(missing_ok=True)  # the inline run queues its own
     return False
-
-
-def _start_worker_unit(hint: Hint, seqnum: str | None) -> bool:
-    import subprocess
-
-    instance = seqnum if seqnum and seqnum.isdigit() else str(os.getpid())
-    unit = f"macvtap-hook@{instance}.service"
-    try:
-        done = subprocess.run(["systemctl", "--no-block", "start", unit], capture_output=True, check=False, timeout=10)
-        failure = done.stderr.decode(errors="replace").strip() or f"exit {done.returncode}" if done.returncode else None
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        failure = str(exc)
-    if failure:
-        log.warning("could not start %s (%s); a detached worker does the work", unit, failure)
-        return False
-    log.debug("%s: handed to %s", hint.describe(), unit)
-    return True
-
-
-def _start_detached_worker(hint: Hint) -> bool:
-    """A `drain` of our own in a session of its own, whose standard streams
-    are not the caller's (udevd and libvirt read those until they close, so
-    they would wait for it): the caller returns at once, the drain outlives it."""
-    import subprocess
-
-    try:
-        subprocess.Popen(
-            [sys.executable, "-I", "-m", "macvtap_hook", "drain"],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-    except OSError as exc:
-        log.warning("could not start a detached worker (%s)", exc)
-        return False
-    log.debug("%s: handed to a detached worker", hint.describe())
-    return True
 
 
 def _libvirt_hook(argv: Sequence[str]) -> int:

@@ -18,7 +18,7 @@ from macvtap_hook.safety import check_owned_by_root
 
 DEFAULT_CONFIG_PATH = Path(defaults.DEFAULT_CONFIG_PATH)
 CONFIG_ENV = defaults.CONFIG_ENV
-HANDOFFS = ("auto", "detach", "inline", "systemd")
+HANDOFFS = defaults.HANDOFFS
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,7 @@ class Config:
     run_dir: Path = Path(defaults.DEFAULT_RUN_DIR)
     lock_timeout: float = 30.0
     detach_timeout: float = 10.0
-    handoff: str = "auto"
+    handoff: str = defaults.DEFAULT_HANDOFF
     log_file: Path | None = None
     metrics_file: Path | None = None  # for node_exporter's textfile collector; opt-in
     uplink_rules: tuple[UplinkRule, ...] = ()  # [[uplink]] tables

@@ -8,3 +8,5 @@ CONFIG_ENV = "MACVTAP_HOOK_CONFIG"
 DEFAULT_CONFIG_PATH = "/etc/macvtap-hook/config.toml"
 DEFAULT_STATE_DIR = "/var/lib/macvtap-hook"
 DEFAULT_RUN_DIR = "/run/macvtap-hook"
+DEFAULT_HANDOFF = "auto"
+HANDOFFS = ("auto", "detach", "inline", "systemd")

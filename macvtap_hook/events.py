@@ -13,14 +13,25 @@ from __future__ import annotations
 import os
 
 from macvtap_hook import index
-from macvtap_hook.defaults import CONFIG_ENV, DEFAULT_CONFIG_PATH, DEFAULT_RUN_DIR
+from macvtap_hook.defaults import CONFIG_ENV, DEFAULT_CONFIG_PATH, DEFAULT_HANDOFF, DEFAULT_RUN_DIR, HANDOFFS
 from macvtap_hook.errors import BadEvent
 from macvtap_hook.ifname import check_ifname, valid_ifname
 from macvtap_hook.links import SYSFS_NET, lower_device
+from macvtap_hook.udevprops import udev_identity_env
 
 TYPE_CHECKING = False  # typing is not imported at run time (see above)
 if TYPE_CHECKING:
     from collections.abc import Mapping
+    from typing import TypedDict
+
+    class HintFields(TypedDict):
+        source: str
+        action: str
+        iface: str | None
+        old_iface: str | None
+        ifindex: int | None
+        udev: dict[str, str] | None
+        bridge: bool
 
     from macvtap_hook.hints import Hint
     from macvtap_hook.identity import StackedUplink, UplinkIdentity, UplinkRule
@@ -45,6 +56,13 @@ def hint_from_udev(env: Mapping[str, str]) -> Hint | None:
     """The hint in a udev RUN environment; None for events we do not act on."""
     from macvtap_hook.hints import Hint
 
+    fields = udev_hint_fields(env)
+    return None if fields is None else Hint(**fields)
+
+
+def udev_hint_fields(env: Mapping[str, str]) -> HintFields | None:
+    """The fields of the hint (hints.Hint) in a udev RUN environment; None
+    for events we do not act on. Raises BadEvent or BadInterfaceName."""
     action = env.get("ACTION")
     if not action:
         raise BadEvent(source="udev", reason="ACTION is not set (run by udev?)")
@@ -59,18 +77,35 @@ def hint_from_udev(env: Mapping[str, str]) -> Hint | None:
     old = _old_name(env) if action == "move" else None
     if old:
         check_ifname(old)
-    from macvtap_hook.identity import udev_identity_env
-
     ifindex = env.get("IFINDEX", "")
-    return Hint(
-        source="udev",
-        action=action,
-        iface=iface,
-        old_iface=old,
-        ifindex=int(ifindex) if ifindex.isdigit() else None,
-        udev=udev_identity_env(env) or None,
-        bridge=bridge_appeared(action, iface, env.get("DEVTYPE", "")),
-    )
+    return {
+        "source": "udev",
+        "action": action,
+        "iface": iface,
+        "old_iface": old,
+        "ifindex": int(ifindex) if ifindex.isdigit() else None,
+        "udev": udev_identity_env(env) or None,
+        "bridge": bridge_appeared(action, iface, env.get("DEVTYPE", "")),
+    }
+
+
+def udev_handoff(env: Mapping[str, str]) -> tuple[str, str, HintFields] | None:
+    """For a udev event that needs a full run (the index says so, or a
+    bridge appeared), under a configuration this path can read and with a
+    hand-off to a worker: the run folder, the hand-off and the hint's
+    fields. None: the command line proper decides (and reports)."""
+    if env.get("SUBSYSTEM", "net") != "net":
+        return None
+    fields = udev_hint_fields(env)
+    settings = configured_handoff()
+    if fields is None or settings is None:
+        return None
+    run_dir, handoff = settings
+    if not fields["bridge"]:
+        ifindex = str(fields["ifindex"] or "")
+        if verdict(fields["action"], fields["iface"], fields["old_iface"], run_dir, ifindex) != YES:
+            return None
+    return run_dir, handoff, fields
 
 
 def _nm_action(action: str) -> str | None:
@@ -144,11 +179,49 @@ def verdict(
 def configured_run_dir() -> str | None:
     """The run folder, read without the full configuration loader; None
     when only that loader can tell (it then also reports what is wrong)."""
+    values = _configured(("run_dir",))
+    return None if values is None else _run_dir(values)
+
+
+def configured_handoff() -> tuple[str, str] | None:
+    """The run folder and the hand-off, read as configured_run_dir()."""
+    values = _configured(("run_dir", "handoff"))
+    run_dir = None if values is None else _run_dir(values)
+    handoff = None if values is None else values.get("handoff", DEFAULT_HANDOFF)
+    if run_dir is None or handoff not in HANDOFFS:
+        return None
+    return run_dir, str(handoff)
+
+
+def _run_dir(values: dict[str, object]) -> str | None:
+    value = values.get("run_dir", DEFAULT_RUN_DIR)
+    return value if isinstance(value, str) and value.startswith("/") else None
+
+
+def _configured(keys: tuple[str, ...]) -> dict[str, object] | None:
+    """The top-level KEYS the configuration file sets, read without the
+    full loader; None when only that loader can tell (unsafe, unreadable)."""
+    text = _config_text()
+    plain = None if text is None else plain_values(text, keys)
+    if text is None or plain is not None:
+        return None if plain is None else dict(plain)
+    import tomllib  # importing it costs twice what the rest of this path does
+
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError:
+        return None
+    return {key: data[key] for key in keys if key in data}
+
+
+def _config_text() -> str | None:
+    """The configuration file ("" when there is none); None when it is
+    unsafe or unreadable."""
     path = os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH
     try:
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
-        return DEFAULT_RUN_DIR
+        return ""
     except OSError:
         return None
     try:
@@ -159,25 +232,24 @@ def configured_run_dir() -> str | None:
     if os.geteuid() == 0 and (st.st_uid != 0 or st.st_mode & 0o022):
         return None  # unsafe: the full path refuses it, loudly
     try:
-        text = raw.decode()
+        return raw.decode()
     except UnicodeDecodeError:
         return None
-    value = plain_run_dir(text)
-    if value is None:
-        import tomllib  # importing it costs twice what the rest of this path does
-
-        try:
-            value = tomllib.loads(text).get("run_dir", DEFAULT_RUN_DIR)
-        except tomllib.TOMLDecodeError:
-            return None
-    return value if isinstance(value, str) and value.startswith("/") else None
 
 
 def plain_run_dir(text: str) -> str | None:
     """`run_dir` of a configuration file written as `key = value` lines
     (what the README shows); None when the file holds anything else
     (tables, multi-line values, escapes, a quoted key), which tomllib reads."""
-    found = None
+    values = plain_values(text, ("run_dir",))
+    return None if values is None else values.get("run_dir", DEFAULT_RUN_DIR)
+
+
+def plain_values(text: str, keys: tuple[str, ...]) -> dict[str, str] | None:
+    """The string values of KEYS in a configuration file written as
+    `key = value` lines; None when the file holds anything else, which
+    tomllib reads."""
+    found: dict[str, str] = {}
     for line in text.splitlines():
         stripped = line.strip()
         if not stripped or stripped.startswith("#"):
@@ -186,19 +258,19 @@ def plain_run_dir(text: str) -> str | None:
         key, rest = key.strip(), rest.strip()
         if not sep or stripped.startswith("[") or '"""' in rest or "'''" in rest:
             return None
-        if key != "run_dir":
-            if key.strip("\"'") == "run_dir":
+        if key not in keys:
+            if key.strip("\"'") in keys:
                 return None
             continue
         quote = rest[:1]
         end = rest.find(quote, 1) if quote in ("'", '"') else -1
-        if end < 0 or found is not None:
+        if end < 0 or key in found:
             return None
         value, tail = rest[1:end], rest[end + 1 :].strip()
         if (tail and not tail.startswith("#")) or (quote == '"' and "\\" in value):
             return None
-        found = value
-    return DEFAULT_RUN_DIR if found is None else found
+        found[key] = value
+    return found
 
 
 def _cheap(action: str | None, iface: str | None, old: str | None, ifindex: str | None = None) -> bool:

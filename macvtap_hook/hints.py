@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from macvtap_hook.handoff import write_hint
 from macvtap_hook.safety import ensure_private_dir
 
 
@@ -42,14 +41,7 @@ class HintQueue:
 
     def put(self, hint: Hint) -> Path:
         ensure_private_dir(self.folder)
-        name = f"{time.time_ns():020d}-{os.getpid()}"
-        path = self.folder / name
-        body = json.dumps(hint.__dict__).encode()
-        fd = os.open(self.folder / f".{name}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as out:
-            out.write(body)
-        os.replace(self.folder / f".{name}", path)
-        return path
+        return Path(write_hint(str(self.folder), hint.__dict__))
 
     def pending(self) -> list[Path]:
         try:

@@ -18,27 +18,14 @@ from typing import Any
 
 from macvtap_hook.errors import BadInterfaceName
 from macvtap_hook.ifname import check_ifname
+from macvtap_hook.udevprops import IDENTITY_KEYS
+from macvtap_hook.udevprops import clean_value as _clean_value
 
-# What udev knows of a device that identifies its hardware; kept in records
-# and hints. Nothing else of an event is ever stored.
-IDENTITY_KEYS = (
-    "ID_PATH",
-    "ID_NET_NAME_MAC",
-    "ID_NET_NAME_PATH",
-    "ID_NET_NAME_SLOT",
-    "ID_NET_NAME_ONBOARD",
-    "ID_SERIAL_SHORT",
-    "ID_VENDOR_ID",
-    "ID_MODEL_ID",
-    "ID_BUS",
-    "ID_NET_DRIVER",
-)
 _MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 # ID_NET_NAME_MAC=<prefix>x<12 hex digits>, e.g. enx00e04c680001: net_id
 # sets it only for a device whose MAC is its permanent one.
 _NAME_MAC = re.compile(r"^[a-z]{2}x([0-9a-f]{12})$")
 _PROPERTY_KEY = re.compile(r"^[A-Z0-9_]{1,64}$")
-MAX_VALUE = 256
 
 
 def normalize_mac(value: str) -> str | None:
@@ -46,12 +33,6 @@ def normalize_mac(value: str) -> str | None:
     if not _MAC.match(mac) or mac == "00:00:00:00:00:00":
         return None
     return mac
-
-
-def _clean_value(value: object) -> str | None:
-    if not isinstance(value, str) or not value or len(value) > MAX_VALUE or not value.isprintable():
-        return None
-    return value
 
 
 @dataclass(frozen=True)
@@ -124,12 +105,6 @@ def identity_from_udev(
     if not (kept or permanent_mac or path):
         return None
     return UplinkIdentity(permanent_mac=permanent_mac, path=path, properties=kept)
-
-
-def udev_identity_env(env: Mapping[str, str]) -> dict[str, str]:
-    """The identifying properties of a udev event's environment, to be
-    carried by its hint (nothing else of the event is kept)."""
-    return {key: value for key in IDENTITY_KEYS if (value := _clean_value(env.get(key))) is not None}
 
 
 @dataclass(frozen=True)

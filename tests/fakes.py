@@ -19,8 +19,9 @@ from dataclasses import dataclass, field, replace
 from macvtap_hook import nicxml
 from macvtap_hook.errors import DomainGone, HypervisorError, HypervisorUnavailable, LinkError
 from macvtap_hook.hints import Hint
-from macvtap_hook.identity import StackedUplink, UplinkIdentity, identity_from_udev, udev_identity_env
+from macvtap_hook.identity import StackedUplink, UplinkIdentity, identity_from_udev
 from macvtap_hook.model import DomainRef, DomainView, Link, Links, LiveNic, ParkedNic, PortSettings
+from macvtap_hook.udevprops import udev_identity_env
 
 
 class FakeLinks:
