@@ -88,9 +88,14 @@ def finish(proc: subprocess.Popen[bytes], start: float) -> tuple[float, int, int
 
 def stack() -> str:
     """The versions measured: libvirtd, QEMU, udevd, Python and the tool's libraries."""
-    import libvirt
-    import pyroute2
+    from importlib.metadata import PackageNotFoundError, version
 
+    import libvirt
+
+    try:
+        pyroute2 = version("pyroute2")
+    except PackageNotFoundError:
+        pyroute2 = "?"
     conn = libvirt.open("qemu:///system")
     try:
         lv, qemu = conn.getLibVersion(), conn.getVersion()
@@ -102,8 +107,7 @@ def stack() -> str:
 
     udevd = subprocess.run(["udevadm", "--version"], capture_output=True, text=True, check=False).stdout.strip()
     return (
-        f"libvirt {dotted(lv)}, QEMU {dotted(qemu)}, udev {udevd}, Python {sys.version.split()[0]},"
-        f" pyroute2 {getattr(pyroute2, '__version__', '?')}"
+        f"libvirt {dotted(lv)}, QEMU {dotted(qemu)}, udev {udevd}, Python {sys.version.split()[0]}, pyroute2 {pyroute2}"
     )
 
 
