@@ -8,34 +8,17 @@ because load() moves a corrupt file aside.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from macvtap_hook import lock
 from macvtap_hook.config import Config
 from macvtap_hook.engine import Engine
-from macvtap_hook.hypervisor import Hypervisor
 from macvtap_hook.planner import Snapshot, plan
 from macvtap_hook.planview import describe
-from macvtap_hook.state import CorruptState, StateStore
+from macvtap_hook.state import CorruptState
 
 if TYPE_CHECKING:
-    from macvtap_hook.links import LinkSource
-
-
-def reading_engine(cfg: Config, hypervisors: Sequence[Hypervisor], links: LinkSource) -> Engine:
-    """An engine that sees what a run's sees (udev identities, [[uplink]]
-    rules) but has nothing to act with (no uplink hooks, no link maker)."""
-    from macvtap_hook.udevdb import UdevIdentities
-
-    return Engine(
-        hypervisors,
-        links,
-        StateStore(cfg.state_file),
-        configured=cfg.uris,
-        identities=UdevIdentities(),
-        rules=cfg.uplink_rules,
-    )
+    pass
 
 
 def read_truth(engine: Engine) -> tuple[Snapshot, list[str], list[str]]:
@@ -53,6 +36,7 @@ def read_truth(engine: Engine) -> tuple[Snapshot, list[str], list[str]]:
 
 def dry_run(cfg: Config, only: frozenset[str] | None, *, retry_stuck: bool = True) -> list[str]:
     """The plan of a `reconcile` now, in words."""
+    from macvtap_hook.compose import reading_engine
     from macvtap_hook.hypervisor import connect_all
     from macvtap_hook.links import SysfsLinks
 

@@ -8,8 +8,9 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from macvtap_hook import index, lock
+from macvtap_hook.compose import acting_engine
 from macvtap_hook.config import Config
-from macvtap_hook.engine import Engine, Report
+from macvtap_hook.engine import Report
 from macvtap_hook.errors import HypervisorUnavailable
 from macvtap_hook.events import MACVTAP_PREFIX
 from macvtap_hook.hints import Hint, HintQueue
@@ -56,27 +57,11 @@ def converge_once(
     failed: set[tuple[str, str, str]] | None = None,
     hints: Sequence[Hint] = (),
 ) -> Report:
-    from macvtap_hook.links import NetlinkLinks, SysfsLinks
-    from macvtap_hook.udevdb import UdevIdentities
-    from macvtap_hook.uplink_hooks import UplinkHooks
-
     hypervisors, failures = conns.get()
     if not hypervisors:
         conns.close()  # retried by the next run, not by this one
         raise failures[0]
-    engine = Engine(
-        hypervisors,
-        SysfsLinks(),
-        StateStore(cfg.state_file),
-        configured=cfg.uris,
-        detach_timeout=cfg.detach_timeout,
-        identities=UdevIdentities(),
-        hints=hints,
-        rules=cfg.uplink_rules,
-        hooks=UplinkHooks(cfg.uplink_hooks_dir, cfg.uplink_hook_timeout),
-        stacked=cfg.stacked,
-        maker=NetlinkLinks(),  # pyroute2 is imported only when a link is to be made
-    )
+    engine = acting_engine(cfg, hypervisors, hints)
     report = engine.converge(retry_stuck=retry_stuck, only=only, retry_failed=retry_failed, failed=failed)
     for exc in failures:
         log.warning("%s", exc)

@@ -140,6 +140,7 @@ def read_records(cfg: Config) -> tuple[tuple[ParkedNic, ...], str | None]:
 
 
 def build_view(
+    cfg: Config,
     store: StateStore,
     records: tuple[ParkedNic, ...],
     hypervisors: Sequence[Hypervisor],
@@ -147,7 +148,7 @@ def build_view(
     links: LinkSource,
 ) -> StatusView:
     """The view from whatever libvirt connections could be opened."""
-    from macvtap_hook.engine import Engine
+    from macvtap_hook.compose import reading_engine
 
     view = StatusView(records=records)
     view.unreachable = {
@@ -156,7 +157,7 @@ def build_view(
     if hypervisors:
         # The engine's own snapshot (no lock: it only reads), over the
         # records read above: its load() would move a corrupt file aside.
-        engine = Engine(hypervisors, links, store)
+        engine = reading_engine(cfg, hypervisors, links, store)
         engine.prime(records)
         snap = engine.snapshot()
         for uri in engine.report.unreachable:
@@ -176,7 +177,7 @@ def gather(cfg: Config) -> StatusView:
 
     hypervisors, failures = connect_all(cfg.uris)
     try:
-        view = build_view(StateStore(cfg.state_file), records, hypervisors, failures, SysfsLinks())
+        view = build_view(cfg, StateStore(cfg.state_file), records, hypervisors, failures, SysfsLinks())
     finally:
         for hv in hypervisors:
             hv.close()

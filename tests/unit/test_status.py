@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from macvtap_hook import dryrun, status
+from macvtap_hook import compose, dryrun, status
+from macvtap_hook.config import Config
 from macvtap_hook.errors import HypervisorUnavailable
 from macvtap_hook.planner import plan
 from macvtap_hook.planview import describe
@@ -42,13 +43,17 @@ def world(tmp_path: Path) -> World:
     return w
 
 
+def configured(*uris: str) -> Config:
+    return Config(uris=uris or ("qemu:///system",))
+
+
 def view_of(w: World, *, reachable: bool = True) -> status.StatusView:
     w.hv.reachable = reachable
     records = w.store.read()
     if not reachable:
         failure = HypervisorUnavailable(uri=w.hv.uri, reason="Failed to connect socket")
-        return status.build_view(w.store, records, [], [failure], w.links)
-    return status.build_view(w.store, records, [w.hv], [], w.links)
+        return status.build_view(configured(), w.store, records, [], [failure], w.links)
+    return status.build_view(configured(), w.store, records, [w.hv], [], w.links)
 
 
 def test_status_table_and_json_from_libvirt(world: World, golden: Any) -> None:
@@ -141,6 +146,25 @@ def test_check_sees_a_stuck_nic_only_its_domains_metadata_records(tmp_path: Path
     assert view.attention, "status --check exits 1"
 
 
+def test_check_leaves_out_a_stuck_nic_of_a_uri_no_longer_configured(tmp_path: Path) -> None:
+    """A URI taken out of `uris` while a NIC of it was stuck: the next run
+    forgets its records (the planner's verdict), so `status --check` does
+    not ask for attention, and `status` agrees with a dry run."""
+    w = World(tmp_path)
+    w.links.add("up0")
+    w.hv = FakeHypervisor(w.links, uri="qemu+ssh://old/system")
+    w.hv.start("hung1", UUID3, [direct_nic("52:54:00:00:03:01", "up0")])
+    w.hv.guests[UUID3].releases = False
+    w.links.delete("up0")
+    w.converge()
+    assert [r.state for r in w.store.read()] == ["stuck"]
+    now = FakeHypervisor(w.links)  # what `uris` names now
+    view = status.build_view(configured(now.uri), w.store, w.store.read(), [now], [], w.links)
+    assert (view.protected, view.attention) == ([], False)
+    snap, _, _ = dryrun.read_truth(compose.reading_engine(configured(now.uri), [now], w.links, w.store))
+    assert [f.reason for f in plan(snap).forget] == ["libvirt URI qemu+ssh://old/system is no longer configured"]
+
+
 def test_status_of_a_host_with_nothing_to_protect_names_what_it_would(tmp_path: Path) -> None:
     w = World(tmp_path)
     w.links.add("up0")
@@ -194,7 +218,8 @@ def test_dry_run_with_a_corrupt_state_file_leaves_it_in_place(world: World) -> N
 def test_status_with_a_second_unreachable_uri(world: World) -> None:
     other = FakeHypervisor(world.links, uri="qemu+ssh://far/system")
     other.reachable = False
-    view = status.build_view(world.store, world.store.read(), [world.hv, other], [], world.links)
+    cfg = configured(world.hv.uri, other.uri)
+    view = status.build_view(cfg, world.store, world.store.read(), [world.hv, other], [], world.links)
     assert view.from_libvirt and list(view.unreachable) == ["qemu+ssh://far/system"]
 
 
