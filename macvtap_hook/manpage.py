@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from macvtap_hook import __version__, cli, hostfiles
+from macvtap_hook import __version__, commandline, hostfiles
 from macvtap_hook.config import CONFIG_ENV, DEFAULT_CONFIG_PATH, HANDOFFS, Config
 from macvtap_hook.logsetup import LOG_ENV
 
@@ -122,7 +122,7 @@ def _option_items(actions: list[argparse.Action]) -> Iterator[str]:
 
 def exit_codes() -> list[tuple[int, str]]:
     """(code, meaning) from the "exit codes:" block of the --help epilog."""
-    block = cli.EPILOG.split("exit codes:", 1)[1].split("\n\n", 1)[0]
+    block = commandline.EPILOG.split("exit codes:", 1)[1].split("\n\n", 1)[0]
     return [(int(m.group(1)), m.group(2)) for m in re.finditer(r"^\s+(\d+)\s+(.+)$", block, re.MULTILINE)]
 
 
@@ -183,7 +183,7 @@ def _date() -> str:
 
 
 def render() -> str:
-    parser: argparse.ArgumentParser = cli._parser()
+    parser: argparse.ArgumentParser = commandline.parser()
     sub = _subparsers(parser)
     helps = {a.dest: a.help or "" for a in sub._choices_actions}
     lines = [

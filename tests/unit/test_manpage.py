@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from macvtap_hook import cli, errors, manpage
+from macvtap_hook import commandline, errors, manpage
 from macvtap_hook.config import Config
 
 PAGE = manpage.render()
@@ -30,7 +30,7 @@ def troff(text: str) -> str:
 
 
 def subparsers() -> dict[str, argparse.ArgumentParser]:
-    (sub,) = (a for a in cli._parser()._actions if isinstance(a, argparse._SubParsersAction))
+    (sub,) = (a for a in commandline.parser()._actions if isinstance(a, argparse._SubParsersAction))
     return dict(sub.choices)
 
 
@@ -46,7 +46,7 @@ def test_every_command_and_its_options_are_described() -> None:
 
 
 def test_a_command_added_to_the_parser_shows_without_editing_the_page(monkeypatch: pytest.MonkeyPatch) -> None:
-    real = cli._parser
+    real = commandline.parser
 
     def extended() -> argparse.ArgumentParser:
         parser = real()
@@ -55,7 +55,7 @@ def test_a_command_added_to_the_parser_shows_without_editing_the_page(monkeypatc
         p.add_argument("--hard-way", action="store_true", help="no shortcuts")
         return parser
 
-    monkeypatch.setattr(cli, "_parser", extended)
+    monkeypatch.setattr(commandline, "parser", extended)
     page = manpage.render()
     assert "\\fBfrobnicate\\fR [\\fB\\-\\-hard\\-way\\fR]\nfrobnicate the NICs\n" in page
     assert "\\fBfrobnicate\\fR" not in PAGE
@@ -63,7 +63,7 @@ def test_a_command_added_to_the_parser_shows_without_editing_the_page(monkeypatc
 
 def test_global_options_are_described() -> None:
     options = section("OPTIONS")
-    for action in cli._parser()._actions:
+    for action in commandline.parser()._actions:
         if isinstance(action, argparse._SubParsersAction | argparse._HelpAction):
             continue
         for flag in action.option_strings:
@@ -73,7 +73,7 @@ def test_global_options_are_described() -> None:
 def test_every_exit_code_is_listed_once() -> None:
     declared = {v for k, v in vars(errors).items() if k.startswith("EXIT_")}
     listed = [code for code, _ in manpage.exit_codes()]
-    assert sorted(listed) == sorted(declared), "cli.EPILOG and errors.EXIT_* disagree"
+    assert sorted(listed) == sorted(declared), "commandline.EPILOG and errors.EXIT_* disagree"
     heads = re.findall(r"^\.TP\n\\fB(\d+)\\fR$", section("EXIT STATUS"), re.MULTILINE)
     assert sorted(map(int, heads)) == sorted(declared)
 
