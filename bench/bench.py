@@ -143,6 +143,7 @@ class Tool:
         self.work = work
         self.handoff = handoff
         self.backup = CONFIG.read_bytes() if CONFIG.exists() else None
+        self.folder_was_there = CONFIG.parent.exists()
         self.installed = False
 
     def configure(self) -> None:
@@ -168,6 +169,8 @@ class Tool:
             CONFIG.unlink(missing_ok=True)
         else:
             CONFIG.write_bytes(self.backup)
+        if not self.folder_was_there:
+            CONFIG.parent.rmdir()
 
     def run(self, *args: str) -> None:
         subprocess.run([BIN, "-q", *args], check=False)

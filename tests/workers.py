@@ -1,10 +1,14 @@
 """The tool's detached workers (`python -I -m macvtap_hook drain`), as the unit
-and the integration tests find and wait for them."""
+and the integration tests find and wait for them, and the lock they wait for."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -35,3 +39,20 @@ def wait_for_no_drains(config: str | None = None, timeout: float = 30) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"detached workers still running after {timeout} s: {pids}")
         time.sleep(0.01)
+
+
+@contextmanager
+def lock_held(path: Path) -> Iterator[None]:
+    """Another process holds the tool's lock at PATH (flock) until the block
+    ends: a run started meanwhile waits for it, as for a long run."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl,sys; f=open(sys.argv[1],'a'); fcntl.flock(f,2); print(1, flush=True); "
+         "sys.stdin.read()", str(path)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"1\n", "the holder has the lock"
+        yield
+    finally:
+        holder.kill()
+        holder.wait()

@@ -75,10 +75,14 @@ def harness() -> Iterator[Any]:
         pytest.fail(f"{problem} (run tests/testbed/setup first)")
     mod = _import_harness()
     mod.cleanup(PREFIX)
+    etc = InstalledHook.CONFIG.parent
+    etc_was_there = etc.exists()
     try:
         yield mod
     finally:
         mod.cleanup(PREFIX)
+        # No leftovers on the machine, an empty folder in /etc included.
+        assert etc_was_there or not etc.exists(), f"the tests left {etc} behind"
 
 
 @pytest.fixture
@@ -176,6 +180,7 @@ def _tool_config(tmp_path: Path) -> Iterator[InstalledHook]:
     """This test's configuration in /etc/macvtap-hook, the host's own put back after."""
     tool = InstalledHook(tmp_path)
     backup = InstalledHook.CONFIG.read_bytes() if InstalledHook.CONFIG.exists() else None
+    folder_was_there = InstalledHook.CONFIG.parent.exists()
     tool.write_config()
     try:
         yield tool
@@ -184,6 +189,8 @@ def _tool_config(tmp_path: Path) -> Iterator[InstalledHook]:
             InstalledHook.CONFIG.unlink(missing_ok=True)
         else:
             InstalledHook.CONFIG.write_bytes(backup)
+        if not folder_was_there:
+            InstalledHook.CONFIG.parent.rmdir()  # not empty: something else was left there
         if tool.log_file.exists():
             sys.stderr.write(f"--- macvtap-hook log of this test ---\n{tool.log()}")
 

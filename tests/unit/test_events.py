@@ -42,10 +42,28 @@ def test_rename_takes_the_old_name_from_devpath_old() -> None:
     )
 
 
-def test_macvtap_events_are_recognisable() -> None:
-    for name in ("macvtap-add.txt", "macvtap-remove.txt"):
-        (event,) = udev_events(name)
-        assert event["INTERFACE"].startswith("macvtap"), "the udev rule skips them by name"
+def test_captured_macvtap_events_take_the_path_they_need(tmp_path: Path) -> None:
+    """A macvtap that appears starts a NIC: a full run unless the index
+    names its lower device already; one replaced meanwhile went with its
+    uplink: a full run too. The remove of an unindexed one costs nothing."""
+    from macvtap_hook.events import NO, YES, verdict
+
+    (add,) = udev_events("macvtap-add.txt")
+    (remove,) = udev_events("macvtap-remove.txt")
+    sysfs = tmp_path / "sys"
+    fake_sysfs(sysfs, {"eth9": None, add["INTERFACE"]: "eth9"})
+    (sysfs / add["INTERFACE"] / "ifindex").write_text(add["IFINDEX"] + "\n")
+    run = str(tmp_path / "run")
+
+    def said(event: dict[str, str]) -> str:
+        return verdict(event["ACTION"], event["INTERFACE"], None, run, event.get("IFINDEX"), sysfs=str(sysfs))
+
+    index.write_index(run, ["eth1"])
+    assert (said(add), said(remove)) == (YES, NO), "a NIC starts on an unindexed device; an unindexed one goes"
+    index.write_index(run, ["eth1", "eth9"])
+    assert said(add) == NO, "its lower device is indexed already"
+    (sysfs / add["INTERFACE"] / "ifindex").write_text("999\n")
+    assert said(add) == YES, "replaced meanwhile: only a full run can tell"
 
 
 @pytest.mark.parametrize("action", ["change", "bind", "online"])

@@ -15,7 +15,7 @@ import pytest
 
 from macvtap_hook import handoff, index
 from macvtap_hook.events import hint_from_udev
-from tests.workers import detached_drains, wait_for_no_drains
+from tests.workers import detached_drains, lock_held, wait_for_no_drains
 
 REPO = Path(__file__).resolve().parents[2]
 HEAVY = {"logging", "argparse", "dataclasses", "tomllib", "pathlib", "typing", "subprocess", "json", "libvirt"}
@@ -147,25 +147,18 @@ def test_the_worker_holds_no_descriptor_of_the_caller_but_null_streams(tmp_path:
     env = setup(tmp_path)
     cfg = Path(env["MACVTAP_HOOK_CONFIG"])
     cfg.write_text(cfg.read_text() + "lock_timeout = 60\n")
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import fcntl,sys; f=open(sys.argv[1],'a'); fcntl.flock(f,2); print(1, flush=True); "
-         "sys.stdin.read()", str(tmp_path / "run" / "lock")],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-    )  # fmt: skip
     read_end, write_end = os.pipe()
     try:
-        assert holder.stdout is not None and holder.stdout.readline() == b"1\n"
-        done = subprocess.run(
-            [sys.executable, "-S", "-c", PROBE], env={**env, **EVENTS[0]}, capture_output=True, text=True,
-            check=True, pass_fds=(write_end,),
-        )  # fmt: skip
-        os.close(write_end)
-        assert done.stdout == "0 []\n", done.stdout + done.stderr
-        assert detached_drains(env["MACVTAP_HOOK_CONFIG"]), f"the worker waits for the lock: {hints(tmp_path)}"
-        assert select.select([read_end], [], [], 5)[0], "no EOF: the waiting worker holds the caller's pipe"
-        assert os.read(read_end, 1) == b""
+        with lock_held(tmp_path / "run" / "lock"):
+            done = subprocess.run(
+                [sys.executable, "-S", "-c", PROBE], env={**env, **EVENTS[0]}, capture_output=True, text=True,
+                check=True, pass_fds=(write_end,),
+            )  # fmt: skip
+            os.close(write_end)
+            assert done.stdout == "0 []\n", done.stdout + done.stderr
+            assert detached_drains(env["MACVTAP_HOOK_CONFIG"]), f"the worker waits for the lock: {hints(tmp_path)}"
+            assert select.select([read_end], [], [], 5)[0], "no EOF: the waiting worker holds the caller's pipe"
+            assert os.read(read_end, 1) == b""
     finally:
         os.close(read_end)
-        holder.kill()
-        holder.wait()
     wait_for_no_drains(env["MACVTAP_HOOK_CONFIG"])
