@@ -15,12 +15,15 @@ import threading
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from macvtap_hook import nicxml
+from macvtap_hook.engine import Engine
 from macvtap_hook.errors import DomainGone, HypervisorError, HypervisorUnavailable, LinkError
 from macvtap_hook.hints import Hint
 from macvtap_hook.identity import StackedUplink, UplinkIdentity, identity_from_udev
 from macvtap_hook.model import DomainRef, DomainView, Link, Links, LiveNic, ParkedNic, PortSettings
+from macvtap_hook.state import StateStore
 from macvtap_hook.udevprops import udev_identity_env
 
 
@@ -387,3 +390,42 @@ def bridge_nic(mac: str, bridge: str, slot: int = 3, extra: str = "") -> str:
     for child in ET.fromstring(f"<x>{extra}</x>"):
         iface.append(child)
     return ET.tostring(iface, encoding="unicode")
+
+
+# -- a host of fakes ------------------------------------------------------------
+
+MAC1, MAC2, MAC3 = "52:54:00:00:00:01", "52:54:00:00:00:02", "52:54:00:00:00:03"
+UUID1, UUID2 = "11111111-1111-1111-1111-111111111111", "22222222-2222-2222-2222-222222222222"
+
+
+class World:
+    """One host of fakes (links, a hypervisor, a state file, a clock) and an
+    engine over them, as the engine's unit tests drive it."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.links = FakeLinks()
+        self.hv = FakeHypervisor(self.links)
+        self.store = StateStore(tmp / "state" / "state.json")
+        self.clock = 0.0
+
+    def engine(self, detach_timeout: float = 1.0) -> Engine:
+        def sleep(dt: float) -> None:
+            self.clock += dt
+
+        return Engine(
+            [self.hv], self.links, self.store, detach_timeout=detach_timeout,
+            clock=lambda: self.clock, wall=lambda: 1_700_000_000.0 + self.clock, sleep=sleep,
+        )  # fmt: skip
+
+    def converge(self, **kw: object):  # type: ignore[no-untyped-def]
+        return self.engine().converge(**kw)  # type: ignore[arg-type]
+
+    def nics(self, uuid: str) -> dict[str, ET.Element]:
+        root = ET.fromstring(self.hv.xml(uuid))
+        return {i.find("mac").get("address"): i for i in root.iterfind("devices/interface")}  # type: ignore[union-attr,misc]
+
+    def alive(self, uuid: str, mac: str) -> bool:
+        view = nicxml.parse_domain(self.hv.xml(uuid), self.hv.uri)
+        nic = next(n for n in view.nics if n.mac == mac)
+        tap = self.links.links.get(nic.target or "")
+        return tap is not None and tap.parent == self.links.links[nic.source_dev or ""].ifindex

@@ -4,33 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from macvtap_hook import index
-from tests.unit.test_events import HOSTILE
-
-
-def run(
-    tmp: Path, *args: str, env: dict[str, str] | None = None, stdin: bytes = b""
-) -> subprocess.CompletedProcess[str]:
-    config = tmp / "config.toml"
-    if not config.exists():
-        config.write_text(
-            f'state_dir = "{tmp}/state"\nrun_dir = "{tmp}/run"\nuris = ["qemu+unix:///system?socket=/nonexistent/libvirt-sock"]\n'
-            # The run's own work, in the process udev starts (the default hands it off).
-            'lock_timeout = 1\nhandoff = "inline"\n'
-        )
-        config.chmod(0o644)
-    full_env = {"PATH": os.environ["PATH"], "MACVTAP_HOOK_CONFIG": str(config), "MACVTAP_HOOK_LOG": "stderr"}
-    full_env.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "macvtap_hook", *args],
-        env=full_env, input=stdin.decode(), capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+from tests.unit.helpers import HOSTILE, run
 
 
 def files_under(path: Path) -> set[Path]:

@@ -14,41 +14,7 @@ import pytest
 from macvtap_hook.engine import Engine
 from macvtap_hook.index import PARKED
 from macvtap_hook.nicxml import parse_domain
-from macvtap_hook.state import StateStore
-from tests.fakes import FakeHypervisor, FakeLinks, direct_nic, network_nic
-
-MAC1, MAC2, MAC3 = "52:54:00:00:00:01", "52:54:00:00:00:02", "52:54:00:00:00:03"
-UUID1, UUID2 = "11111111-1111-1111-1111-111111111111", "22222222-2222-2222-2222-222222222222"
-
-
-class World:
-    def __init__(self, tmp: Path) -> None:
-        self.links = FakeLinks()
-        self.hv = FakeHypervisor(self.links)
-        self.store = StateStore(tmp / "state" / "state.json")
-        self.clock = 0.0
-
-    def engine(self, detach_timeout: float = 1.0) -> Engine:
-        def sleep(dt: float) -> None:
-            self.clock += dt
-
-        return Engine(
-            [self.hv], self.links, self.store, detach_timeout=detach_timeout,
-            clock=lambda: self.clock, wall=lambda: 1_700_000_000.0 + self.clock, sleep=sleep,
-        )  # fmt: skip
-
-    def converge(self, **kw: object):  # type: ignore[no-untyped-def]
-        return self.engine().converge(**kw)  # type: ignore[arg-type]
-
-    def nics(self, uuid: str) -> dict[str, ET.Element]:
-        root = ET.fromstring(self.hv.xml(uuid))
-        return {i.find("mac").get("address"): i for i in root.iterfind("devices/interface")}  # type: ignore[union-attr,misc]
-
-    def alive(self, uuid: str, mac: str) -> bool:
-        view = parse_domain(self.hv.xml(uuid), self.hv.uri)
-        nic = next(n for n in view.nics if n.mac == mac)
-        tap = self.links.links.get(nic.target or "")
-        return tap is not None and tap.parent == self.links.links[nic.source_dev or ""].ifindex
+from tests.fakes import MAC1, MAC2, MAC3, UUID1, UUID2, World, direct_nic, network_nic
 
 
 @pytest.fixture

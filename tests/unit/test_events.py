@@ -11,20 +11,7 @@ from macvtap_hook.errors import BadEvent, BadInterfaceName
 from macvtap_hook.events import hint_from_nm, hint_from_udev, ignorable_udev_event, needs_work, plain_run_dir
 from macvtap_hook.hints import Hint
 from macvtap_hook.ifname import check_ifname
-from tests.conftest import INPUTS
-
-
-def udev_events(name: str) -> list[dict[str, str]]:
-    """The UDEV events of a capture, each as the environment RUN would get."""
-    events, current = [], None
-    for line in (INPUTS / "udev" / name).read_text().splitlines():
-        if line.startswith("UDEV  ["):
-            current = {}
-            events.append(current)
-        elif current is not None and "=" in line:
-            key, _, value = line.partition("=")
-            current[key] = value
-    return events
+from tests.unit.helpers import HOSTILE, udev_events
 
 
 def test_veth_add_and_remove() -> None:
@@ -83,9 +70,6 @@ def test_other_actions_are_ignored(action: str) -> None:
 def test_incomplete_udev_environment_is_refused(env: dict[str, str]) -> None:
     with pytest.raises(BadEvent):
         hint_from_udev(env)
-
-
-HOSTILE = ["a/b", "a b", "x\ny", "a:b", "", ".", "..", "x" * 16, "x" * 300, "\t", "a\x00b", "é" * 8]
 
 
 @pytest.mark.parametrize("name", HOSTILE, ids=repr)

@@ -14,7 +14,7 @@ from macvtap_hook.errors import EXIT_CONFIG, ConfigError
 from macvtap_hook.events import awaited_under_another_name, hint_from_udev
 from macvtap_hook.hints import Hint
 from macvtap_hook.identity import StackedUplink, UplinkIdentity, UplinkRule, identity_from_udev, parse_rule
-from tests.unit.test_events import udev_events
+from tests.unit.helpers import udev_events
 
 USB_MAC, USB_PATH = "00:e0:4c:68:00:01", "pci-0000:00:14.0-usb-0:2:1.0"
 

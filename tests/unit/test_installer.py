@@ -11,18 +11,7 @@ from macvtap_hook import hostfiles as hf
 from macvtap_hook.config import Config
 from macvtap_hook.errors import UsageError
 from macvtap_hook.installer import Installer, Layout
-
-BIN = "/opt/mh/bin/macvtap-hook"
-PYTHON = "/opt/mh/bin/python3"
-
-
-def staged(tmp_path: Path, **kw: object) -> Installer:
-    (tmp_path / "etc/NetworkManager/dispatcher.d").mkdir(parents=True, exist_ok=True)
-    (tmp_path / "etc/libvirt").mkdir(parents=True, exist_ok=True)
-    cfg = Config(state_dir=tmp_path / "state", run_dir=tmp_path / "run")
-    return Installer(
-        cfg, Layout(root=tmp_path, runtime=bool(kw.pop("runtime", False))), binary=BIN, python=PYTHON, **kw
-    )  # type: ignore[arg-type]
+from tests.unit.helpers import BIN, PYTHON, staged
 
 
 def tree(root: Path) -> dict[str, str]:

@@ -17,8 +17,7 @@ import pytest
 from systemd import journal
 
 from macvtap_hook import index, logsetup, messages
-from tests.fakes import direct_nic
-from tests.unit.test_engine import MAC1, UUID1, World
+from tests.fakes import MAC1, UUID1, World, direct_nic
 
 
 class Capture(logging.Handler):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from macvtap_hook import manpage
 from macvtap_hook.installer import MAN_PAGE
-from tests.unit.test_installer import staged
+from tests.unit.helpers import staged
 
 
 def test_install_puts_the_manual_page_in_place_and_uninstall_removes_it(tmp_path: Path) -> None:

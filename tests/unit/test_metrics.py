@@ -12,8 +12,7 @@ from macvtap_hook import hypervisor, links, metrics
 from macvtap_hook.config import Config
 from macvtap_hook.errors import HypervisorUnavailable
 from macvtap_hook.runner import run
-from tests.fakes import direct_nic
-from tests.unit.test_engine import MAC1, MAC2, UUID1, UUID2, World
+from tests.fakes import MAC1, MAC2, UUID1, UUID2, World, direct_nic
 
 
 def parse(path: Path) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.unit.test_cli import run
+from tests.unit.helpers import run
 from tests.workers import detached_drains, lock_held, wait_for_no_drains
 
 # A converging run that takes a while and counts itself, instead of libvirt.

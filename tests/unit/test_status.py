@@ -15,8 +15,7 @@ from macvtap_hook.errors import HypervisorUnavailable
 from macvtap_hook.planner import plan
 from macvtap_hook.planview import describe
 from macvtap_hook.protected import count_by_state, protected_nics
-from tests.fakes import FakeHypervisor, direct_nic, network_nic
-from tests.unit.test_engine import UUID1, UUID2, World
+from tests.fakes import UUID1, UUID2, FakeHypervisor, World, direct_nic, network_nic
 
 UUID3, UUID4, UUID5 = (f"{n}" * 8 + "-0000-0000-0000-000000000000" for n in "345")
 
@@ -242,7 +241,7 @@ def test_options_before_and_after_the_command(
     import logging
 
     from macvtap_hook.cli import main
-    from tests.unit.test_cli import run as run_cli
+    from tests.unit.helpers import run as run_cli
 
     run_cli(tmp_path, "--version")  # writes the test's config
     monkeypatch.setenv("MACVTAP_HOOK_CONFIG", str(tmp_path / "config.toml"))
@@ -252,7 +251,7 @@ def test_options_before_and_after_the_command(
 
 
 def test_cli_dry_run_without_libvirt_changes_nothing(tmp_path: Path) -> None:
-    from tests.unit.test_cli import run as run_cli
+    from tests.unit.helpers import run as run_cli
 
     state = tmp_path / "state"
     state.mkdir(mode=0o700)
@@ -265,7 +264,7 @@ def test_cli_dry_run_without_libvirt_changes_nothing(tmp_path: Path) -> None:
 
 
 def test_cli_status_without_libvirt_says_so(tmp_path: Path) -> None:
-    from tests.unit.test_cli import run as run_cli
+    from tests.unit.helpers import run as run_cli
 
     done = run_cli(tmp_path, "status", "-v")
     assert done.returncode == 0, done.stderr
