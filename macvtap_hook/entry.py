@@ -20,40 +20,41 @@ if TYPE_CHECKING:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    if _ignorable(args) or _handed_off(args):
+    if _udev_settled() if args == ["udev"] else _ignorable(args):
         return 0
     from macvtap_hook.cli import main as full
 
     return full(args)
 
 
-def _ignorable(args: list[str]) -> bool:
+def _udev_settled() -> bool:
+    """A udev event dealt with here, from one look at it: ignored when it
+    cannot matter, or queued and handed to a worker when it needs a full
+    run (with libvirt 12.3 and later a guest's start waits for the add of
+    its macvtap to be handled: loading the command line first would cost
+    every such start)."""
     try:
         from macvtap_hook import events
 
-        if args == ["udev"]:
-            return events.ignorable_udev_event(os.environ)
+        said = events.udev_triage(os.environ)
+        if isinstance(said, bool):
+            return said
+        from macvtap_hook import handoff
+
+        return handoff.try_hand_off(*said, seqnum=os.environ.get("SEQNUM"))
+    except Exception:  # whatever it is, the full path reports it properly
+        return False
+
+
+def _ignorable(args: list[str]) -> bool:
+    try:
         if len(args) == 3 and args[0] == "nm-dispatcher":
+            from macvtap_hook import events
+
             return events.ignorable_nm_event(args[1], args[2])
     except Exception:  # whatever it is, the full path reports it properly
         return False
     return False
-
-
-def _handed_off(args: list[str]) -> bool:
-    """A udev event that needs a full run, handed to a worker from here:
-    with libvirt 12.3 and later a guest's start waits for the add of its
-    macvtap to be handled, so loading the command line first would cost
-    every such start."""
-    if args != ["udev"]:
-        return False
-    try:
-        from macvtap_hook import events, handoff
-
-        plan = events.udev_handoff(os.environ)
-        return plan is not None and handoff.try_hand_off(*plan, seqnum=os.environ.get("SEQNUM"))
-    except Exception:  # whatever it is, the full path reports it properly
-        return False
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -89,25 +89,6 @@ def udev_hint_fields(env: Mapping[str, str]) -> HintFields | None:
     }
 
 
-def udev_handoff(env: Mapping[str, str]) -> tuple[str, str, HintFields] | None:
-    """For a udev event that needs a full run (the index says so, or a
-    bridge appeared), under a configuration this path can read and with a
-    hand-off to a worker: the run folder, the hand-off and the hint's
-    fields. None: the command line proper decides (and reports)."""
-    if env.get("SUBSYSTEM", "net") != "net":
-        return None
-    fields = udev_hint_fields(env)
-    settings = configured_handoff()
-    if fields is None or settings is None:
-        return None
-    run_dir, handoff = settings
-    if not fields["bridge"]:
-        ifindex = str(fields["ifindex"] or "")
-        if verdict(fields["action"], fields["iface"], fields["old_iface"], run_dir, ifindex) != YES:
-            return None
-    return run_dir, handoff, fields
-
-
 def _nm_action(action: str) -> str | None:
     if action in NM_APPEAR:
         return "add"
@@ -181,16 +162,6 @@ def configured_run_dir() -> str | None:
     when only that loader can tell (it then also reports what is wrong)."""
     values = _configured(("run_dir",))
     return None if values is None else _run_dir(values)
-
-
-def configured_handoff() -> tuple[str, str] | None:
-    """The run folder and the hand-off, read as configured_run_dir()."""
-    values = _configured(("run_dir", "handoff"))
-    run_dir = None if values is None else _run_dir(values)
-    handoff = None if values is None else values.get("handoff", DEFAULT_HANDOFF)
-    if run_dir is None or handoff not in HANDOFFS:
-        return None
-    return run_dir, str(handoff)
 
 
 def _run_dir(values: dict[str, object]) -> str | None:
@@ -280,15 +251,28 @@ def _cheap(action: str | None, iface: str | None, old: str | None, ifindex: str 
     return run_dir is not None and not needs_work(action, iface, old, run_dir, ifindex)
 
 
-def ignorable_udev_event(env: Mapping[str, str]) -> bool:
-    """True for a well-formed udev event the index shows cannot matter; the
-    rest (malformed ones included: they are reported there) go the full path."""
+def udev_triage(env: Mapping[str, str]) -> tuple[str, str, HintFields] | bool:
+    """The event path's one look at a udev event: True when the index shows
+    it cannot matter; (run folder, hand-off, the hint's fields) when it needs
+    a full run and the configuration hands that to a worker; False: the
+    command line proper decides (malformed events included: it reports them)."""
     if env.get("SUBSYSTEM", "net") != "net":
         return False
-    action = env.get("ACTION")
-    if bridge_appeared(action, env.get("INTERFACE"), env.get("DEVTYPE", "")):
+    action, iface = env.get("ACTION"), env.get("INTERFACE")
+    old = _old_name(env) if action == "move" else None
+    if action not in UDEV_ACTIONS or not iface or not valid_ifname(iface) or (old and not valid_ifname(old)):
         return False
-    return _cheap(action, env.get("INTERFACE"), _old_name(env) if action == "move" else None, env.get("IFINDEX"))
+    values = _configured(("run_dir", "handoff"))
+    run_dir = None if values is None else _run_dir(values)
+    if values is None or run_dir is None:
+        return False
+    bridge = bridge_appeared(action, iface, env.get("DEVTYPE", ""))
+    said = YES if bridge else verdict(action, iface, old, run_dir, env.get("IFINDEX"))
+    handoff = values.get("handoff", DEFAULT_HANDOFF)
+    if said != YES or handoff not in HANDOFFS:
+        return said == NO
+    fields = udev_hint_fields(env)
+    return False if fields is None else (run_dir, str(handoff), fields)
 
 
 def ignorable_nm_event(iface: str, action: str) -> bool:

@@ -8,10 +8,15 @@ import pytest
 
 from macvtap_hook import index
 from macvtap_hook.errors import BadEvent, BadInterfaceName
-from macvtap_hook.events import hint_from_nm, hint_from_udev, ignorable_udev_event, needs_work, plain_run_dir
+from macvtap_hook.events import hint_from_nm, hint_from_udev, needs_work, plain_run_dir, udev_triage
 from macvtap_hook.hints import Hint
 from macvtap_hook.ifname import check_ifname
 from tests.unit.helpers import HOSTILE, udev_events
+
+
+def ignorable_udev_event(env: dict[str, str]) -> bool:
+    """What the event path's triage says of a udev event: nothing to do."""
+    return udev_triage(env) is True
 
 
 def test_veth_add_and_remove() -> None:
