@@ -642,6 +642,11 @@ class Engine:
                     raise LinkError(operation="setting master", link=e.tap, reason="no netlink adapter", gone=False)
                 self.maker.put_on_bridge(e.tap, e.tap_index, e.bridge, e.bridge_index, e.settings)
             except LinkError as exc:
+                if self._bridge_changed_meanwhile(e):
+                    # The kernel refuses a master index that is gone (EINVAL): the
+                    # bridge flapped after the snapshot. The next round sees the new one.
+                    log.info("bridge %s changed while tap %s of %s was put on it; looking again", e.bridge, e.tap, nic)
+                    continue
                 failed.add(nic_key(e.domain, e.mac))
                 if exc.fields.get("gone"):  # the domain stopped meanwhile
                     log.info("tap %s of %s went away before it could be put on bridge %s", e.tap, nic, e.bridge)
@@ -653,6 +658,12 @@ class Engine:
             moved = f" (moved from {e.moved_from})" if e.moved_from else ""
             log.info("put tap %s of %s back on bridge %s%s", e.tap, nic, e.bridge, moved)
         return failed
+
+    def _bridge_changed_meanwhile(self, e: Enslave) -> bool:
+        if self.maker is None:
+            return False
+        bridge = self.links.snapshot().get(e.bridge)
+        return bridge is None or bridge.ifindex != e.bridge_index
 
 
 def _warn_renamed(rec: ParkedNic, a: Attach) -> None:

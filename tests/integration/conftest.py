@@ -225,14 +225,22 @@ def stop_libvirtd() -> None:
     """Stop libvirtd the way a crash or `systemctl stop` would; guests keep running."""
     import subprocess
     import time
+    import warnings
 
     subprocess.run(["pkill", "-x", "libvirtd"], check=False)
-    deadline = time.monotonic() + 30
+    start = time.monotonic()
+    # libvirtd gives its graceful stop 30 s, then exits anyway ("Make forcefull
+    # daemon shutdown"): libvirtd 11.3 did so twice in CI, a guest booted 3 s
+    # before. Its own ending is waited for and reported; a libvirtd alive
+    # after that fails the test.
     while libvirtd_running():
-        if time.monotonic() > deadline:
+        if time.monotonic() > start + 60:
             ps = subprocess.run(["ps", "-eo", "pid,ppid,stat,etime,args"], capture_output=True, text=True, check=False)
-            pytest.fail(f"libvirtd did not stop in 30 s after SIGTERM:\n{ps.stdout}")
+            pytest.fail(f"libvirtd did not stop in 60 s after SIGTERM:\n{ps.stdout}")
         time.sleep(0.1)
+    took = time.monotonic() - start
+    if took > 10:
+        warnings.warn(f"libvirtd took {took:.0f} s to stop after SIGTERM (its own forced shutdown)", stacklevel=2)
 
 
 def start_libvirtd() -> None:

@@ -180,6 +180,31 @@ def test_flapping_ten_times_ends_on_the_bridge(world: World) -> None:
     assert world.master_of("vnet0") == "br0"
 
 
+def test_bridge_recreated_during_the_run_is_no_failure(world: World, caplog: pytest.LogCaptureFixture) -> None:
+    """The kernel refuses a master index that no longer exists (EINVAL): the
+    bridge was re-created after the run's snapshot. Not the NIC's failure:
+    the next round puts the tap on the new bridge, and a later convergence of
+    the same drain (same failed set) is not told to leave it alone."""
+    world.hv.start("web", UUID1, [bridge_nic(MAC, "br0")])
+    world.links.delete("br0")
+    world.links.add("br0", kind="bridge", mtu=1500)
+    put = world.links.put_on_bridge
+    flaps = iter(range(1))
+
+    def flapping(*args: object) -> None:
+        if next(flaps, None) is not None:
+            world.links.delete("br0")
+            world.links.add("br0", kind="bridge", mtu=1500)
+        put(*args)  # type: ignore[arg-type]
+
+    world.links.put_on_bridge = flapping  # type: ignore[method-assign]
+    failed: set[tuple[str, str]] = set()
+    report = world.converge(failed=failed)
+    assert world.master_of("vnet0") == "br0"
+    assert report.replugged == 1 and report.failed == 0 and not failed
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
 def test_wrong_bridge_is_corrected(world: World) -> None:
     world.links.add("br1", kind="bridge", mtu=1500)
     world.hv.start("web", UUID1, [bridge_nic(MAC, "br0")])
