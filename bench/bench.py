@@ -186,11 +186,7 @@ def settle() -> None:
 
 
 def wait_all(pred: Callable[[], bool], timeout: float, what: str) -> float:
-    start = time.monotonic()
-    while not pred():
-        if time.monotonic() - start > timeout:
-            raise TimeoutError(what)
-        time.sleep(0.005)
+    harness.wait_until(pred, timeout, what, interval=0.005)
     return time.monotonic()
 
 

@@ -16,9 +16,10 @@ import xml.etree.ElementTree as ET
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from macvtap_hook import nicxml
-from macvtap_hook.engine import Engine
+from macvtap_hook.engine import Engine, Report
 from macvtap_hook.errors import DomainGone, HypervisorError, HypervisorUnavailable, LinkError
 from macvtap_hook.hints import Hint
 from macvtap_hook.identity import StackedUplink, UplinkIdentity, identity_from_udev
@@ -398,27 +399,56 @@ MAC1, MAC2, MAC3 = "52:54:00:00:00:01", "52:54:00:00:00:02", "52:54:00:00:00:03"
 UUID1, UUID2 = "11111111-1111-1111-1111-111111111111", "22222222-2222-2222-2222-222222222222"
 
 
-class World:
-    """One host of fakes (links, a hypervisor, a state file, a clock) and an
-    engine over them, as the engine's unit tests drive it."""
+ENGINE_WIRING = frozenset({"configured", "identities", "hints", "rules", "hooks", "stacked", "maker"})
 
-    def __init__(self, tmp: Path) -> None:
+
+class World:
+    """One host of fakes (links, a hypervisor, a state file, a udev database,
+    a clock) and an engine over them, as the engine's unit tests drive it.
+    `netlink`: the engine changes links through the fake (bridge ports,
+    stacked uplinks); `udev`: it reads identities from the fake udev
+    database and gets the links' pending events as its hints."""
+
+    def __init__(self, tmp: Path, *, netlink: bool = False, udev: bool = False) -> None:
         self.links = FakeLinks()
         self.hv = FakeHypervisor(self.links)
         self.store = StateStore(tmp / "state" / "state.json")
+        self.udevdb = FakeIdentities(self.links)
         self.clock = 0.0
+        self.netlink, self.udev = netlink, udev
 
-    def engine(self, detach_timeout: float = 1.0) -> Engine:
+    def engine(self, detach_timeout: float = 1.0, **wiring: Any) -> Engine:
         def sleep(dt: float) -> None:
             self.clock += dt
 
+        if self.netlink:
+            wiring.setdefault("maker", self.links)
+        if self.udev:
+            wiring.setdefault("identities", self.udevdb)
+            wiring.setdefault("hints", self.links.take_events())
         return Engine(
             [self.hv], self.links, self.store, detach_timeout=detach_timeout,
-            clock=lambda: self.clock, wall=lambda: 1_700_000_000.0 + self.clock, sleep=sleep,
+            clock=lambda: self.clock, wall=lambda: 1_700_000_000.0 + self.clock, sleep=sleep, **wiring,
         )  # fmt: skip
 
-    def converge(self, **kw: object):  # type: ignore[no-untyped-def]
-        return self.engine().converge(**kw)  # type: ignore[arg-type]
+    def converge(self, **kw: Any) -> Report:
+        """One convergence; keywords the Engine takes (rules, hooks,
+        stacked, maker...) wire it, the rest go to converge()."""
+        wiring = {k: kw.pop(k) for k in list(kw) if k in ENGINE_WIRING}
+        return self.engine(**wiring).converge(**kw)
+
+    def parked(self) -> tuple[ParkedNic, ...]:
+        return self.store.load()
+
+    def source(self, mac: str = MAC1, uuid: str = UUID1) -> str | None:
+        """The live XML's <source dev> of a NIC; None when it is not plugged."""
+        nic = self.nics(uuid).get(mac)
+        src = nic.find("source") if nic is not None else None
+        return src.get("dev") if src is not None else None
+
+    def master_of(self, tap: str) -> str | None:
+        link = self.links.links[tap]
+        return next((n for n, lk in self.links.links.items() if lk.ifindex == link.master), None)
 
     def nics(self, uuid: str) -> dict[str, ET.Element]:
         root = ET.fromstring(self.hv.xml(uuid))

@@ -6,10 +6,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from tests.testbed.waiting import wait_until
 
 
 def detached_drains(config: str | None = None) -> list[int]:
@@ -34,11 +35,8 @@ def detached_drains(config: str | None = None) -> list[int]:
 
 
 def wait_for_no_drains(config: str | None = None, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while pids := detached_drains(config):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"detached workers still running after {timeout} s: {pids}")
-        time.sleep(0.01)
+    wait_until(lambda: not detached_drains(config), timeout, lambda: f"no detached worker: {detached_drains(config)}",
+               interval=0.01)  # fmt: skip
 
 
 @contextmanager

@@ -18,8 +18,7 @@ from typing import Any
 
 import pytest
 
-TESTBED_DIR = Path(__file__).resolve().parents[1] / "testbed"
-PREFIX = os.environ.get("MACVTAP_TEST_PREFIX", "mht")
+from tests.integration.helpers import PREFIX, TESTBED_DIR
 
 _TIMINGS: dict[str, float] = {}
 
@@ -213,56 +212,3 @@ def configured(harness: Any, tmp_path: Path) -> Iterator[InstalledHook]:
     commands the test runs act."""
     with _tool_config(tmp_path) as tool:
         yield tool
-
-
-def libvirtd_running() -> bool:
-    import subprocess
-
-    return subprocess.run(["pgrep", "-x", "libvirtd"], capture_output=True, check=False).returncode == 0
-
-
-def stop_libvirtd() -> None:
-    """Stop libvirtd the way a crash or `systemctl stop` would; guests keep running."""
-    import subprocess
-    import time
-    import warnings
-
-    subprocess.run(["pkill", "-x", "libvirtd"], check=False)
-    start = time.monotonic()
-    # libvirtd gives its graceful stop 30 s, then exits anyway ("Make forcefull
-    # daemon shutdown"): libvirtd 11.3 did so twice in CI, a guest booted 3 s
-    # before. Its own ending is waited for and reported; a libvirtd alive
-    # after that fails the test.
-    while libvirtd_running():
-        if time.monotonic() > start + 60:
-            ps = subprocess.run(["ps", "-eo", "pid,ppid,stat,etime,args"], capture_output=True, text=True, check=False)
-            pytest.fail(f"libvirtd did not stop in 60 s after SIGTERM:\n{ps.stdout}")
-        time.sleep(0.1)
-    took = time.monotonic() - start
-    if took > 10:
-        warnings.warn(f"libvirtd took {took:.0f} s to stop after SIGTERM (its own forced shutdown)", stacklevel=2)
-
-
-def start_libvirtd() -> None:
-    import subprocess
-    import time
-
-    if not libvirtd_running():
-        subprocess.run(["libvirtd", "-d"], check=True)
-    deadline = time.monotonic() + 60
-    while subprocess.run(["virsh", "-c", "qemu:///system", "version"], capture_output=True, check=False).returncode:
-        if time.monotonic() > deadline:
-            pytest.fail("libvirtd did not come back")
-        time.sleep(0.2)
-
-
-def reconnect(testbed: Any, harness: Any) -> None:
-    """Point the test bed's objects at a new libvirt connection."""
-    conn = harness.connect()
-    testbed.conn = conn
-    for guest in testbed.guests:
-        guest.conn = conn
-        try:
-            guest.dom = conn.lookupByUUIDString(guest.uuid)
-        except Exception:  # libvirt.libvirtError: it is not running any more
-            guest.dom = None

@@ -15,8 +15,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.conftest import TESTBED_DIR, reconnect, start_libvirtd, stop_libvirtd
-from tests.integration.test_hook import booted, macvtap_alive_on
+from tests.integration.helpers import TESTBED_DIR, booted, macvtap_alive_on, start_libvirtd, stop_libvirtd
 
 pytestmark = pytest.mark.integration
 
@@ -80,7 +79,7 @@ def test_status_and_dry_run_through_a_park(harness, testbed, configured, tmp_pat
         assert [p["state"] for p in body["protected"]] == ["parked"]
     finally:
         start_libvirtd()
-        reconnect(testbed, harness)
+        testbed.reconnect()
 
     up.recreate()
     before = fingerprint(configured.state_file)

@@ -132,7 +132,7 @@ def test_libvirt_network_hook_alone_puts_the_tap_back(harness, testbed, configur
     from pathlib import Path
 
     from macvtap_hook import hostfiles
-    from tests.integration.conftest import reconnect, start_libvirtd, stop_libvirtd
+    from tests.integration.helpers import start_libvirtd, stop_libvirtd
 
     hook_file = Path("/etc/libvirt/hooks/network.d") / hostfiles.LIBVIRT_HOOK_NAME
     assert not hook_file.exists(), f"{hook_file} is left from elsewhere"
@@ -142,7 +142,7 @@ def test_libvirt_network_hook_alone_puts_the_tap_back(harness, testbed, configur
     try:
         stop_libvirtd()  # libvirtd finds its hooks when it starts
         start_libvirtd()
-        reconnect(testbed, harness)
+        testbed.reconnect()
         net, bu, nic, guest = testbed.guest_on_bridge_network(6)
         bridge = bu.bridge
         tap = tap_of(harness, guest, nic.mac)
@@ -150,13 +150,13 @@ def test_libvirt_network_hook_alone_puts_the_tap_back(harness, testbed, configur
         pos = guest.console_position()
         net.create()
         bu.enslave_port()
-        deadline = time.monotonic() + 30
-        while harness.port_of(tap)["master"] != bridge:
-            assert time.monotonic() < deadline, f"the hook's worker did not put {tap} back\n{configured.log()}"
-            time.sleep(0.1)
+        harness.wait_until(
+            lambda: harness.port_of(tap)["master"] == bridge, 30,
+            lambda: f"the hook's worker putting {tap} back\n{configured.log()}",
+        )  # fmt: skip
         assert_back_and_pinging(harness, configured, guest, nic, bridge, tap, pos)
     finally:
         hook_file.unlink(missing_ok=True)
         stop_libvirtd()
         start_libvirtd()
-        reconnect(testbed, harness)
+        testbed.reconnect()

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from macvtap_hook import index
-from tests.integration.test_hook import churn_unrelated_veths
+from tests.integration.helpers import churn_unrelated_veths
 
 pytestmark = pytest.mark.integration
 

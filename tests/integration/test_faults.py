@@ -16,8 +16,7 @@ from typing import Any
 import pytest
 
 from macvtap_hook import lock
-from tests.integration.conftest import reconnect, start_libvirtd, stop_libvirtd
-from tests.integration.test_hook import booted, macvtap_alive_on
+from tests.integration.helpers import booted, macvtap_alive_on, start_libvirtd, stop_libvirtd
 
 pytestmark = pytest.mark.integration
 
@@ -45,7 +44,7 @@ def test_libvirtd_down_while_uplink_goes_and_comes(harness, testbed, hook) -> No
         assert "cannot reach libvirt" in hook.log() and "kept for the next run" in hook.log()
     finally:
         start_libvirtd()
-        reconnect(testbed, harness)
+        testbed.reconnect()
     # libvirtd is back; the NIC still names a macvtap that died with the old uplink.
     pos = guest.console_position()
     done = hook.cli("reconcile", check=False)  # what macvtap-hook-reconcile.service runs
@@ -176,16 +175,13 @@ def test_libvirt_hook_forgets_a_released_domain(harness, testbed, hook) -> None:
     # libvirtd looks for hooks when it starts: restart it with ours in place.
     stop_libvirtd()
     start_libvirtd()
-    reconnect(testbed, harness)
+    testbed.reconnect()
     up, _nic, guest = booted(harness, testbed)
     up.delete()
     hook.settle()
     assert len(hook.parked()) == 1
     guest.destroy()  # no interface event follows: only the hook can notice
-    deadline = time.monotonic() + 10
-    while hook.parked() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert hook.parked() == []
+    harness.wait_until(lambda: hook.parked() == [], 10, lambda: f"the record forgotten: {hook.parked()}")
     assert "the domain was released" in hook.log()
 
 

@@ -10,36 +10,9 @@ from typing import Any
 
 import pytest
 
+from tests.integration.helpers import booted, churn_unrelated_veths, macvtap_alive_on
+
 pytestmark = pytest.mark.integration
-
-
-def macvtap_alive_on(harness: Any, guest: Any, mac: str, uplink: Any) -> str:
-    """The NIC's macvtap, checked against `ip -d link` (not against the tool)."""
-    tap = guest.macvtap_of(mac)
-    assert tap, f"{mac} has no macvtap in the live XML"
-    (info,) = harness.link_info(tap)
-    assert info["linkinfo"]["info_kind"] == "macvtap"
-    assert info["address"] == mac
-    assert info["link"] == uplink.name, f"{tap} sits on {info.get('link')}, not {uplink.name}"
-    return str(tap)
-
-
-def booted(harness: Any, testbed: Any, **kw: Any) -> tuple[Any, Any, Any]:
-    """Uplink 0, a guest with one bridge-mode NIC on it, already pinging its peer."""
-    up = testbed.uplink(0)
-    nic = harness.Nic.direct(up, 10)
-    guest = testbed.guest([nic], **kw)
-    guest.wait_for_ping(nic.mac, timeout=90)
-    return up, nic, guest
-
-
-def churn_unrelated_veths(harness: Any, prefix: str, count: int = 15) -> None:
-    """What a container host does all day: veths added, renamed and deleted."""
-    for i in range(count):
-        name = f"{prefix}x{i}"
-        harness.run(["ip", "link", "add", name, "type", "veth", "peer", "name", f"{name}p"])
-        harness.run(["ip", "link", "set", f"{name}p", "name", f"{name}q"])
-        harness.run(["ip", "link", "del", name])
 
 
 def cycle(

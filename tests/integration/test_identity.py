@@ -15,8 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import PREFIX
-from tests.integration.test_hook import booted
+from tests.integration.helpers import PREFIX, booted
 
 pytestmark = pytest.mark.integration
 

@@ -25,7 +25,7 @@ import pytest
 from macvtap_hook import __version__
 from macvtap_hook import hostfiles as hf
 from macvtap_hook.config import Config
-from tests.integration.conftest import TESTBED_DIR
+from tests.integration.helpers import TESTBED_DIR
 
 pytestmark = pytest.mark.integration
 

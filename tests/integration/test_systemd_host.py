@@ -29,7 +29,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import PREFIX, TESTBED_DIR
+from tests.integration.helpers import PREFIX, TESTBED_DIR
 
 pytestmark = pytest.mark.integration
 
@@ -133,11 +133,10 @@ def host(harness: Any, deb: Path) -> Iterator[sh.SystemdHost]:
 
 
 def _wait_libvirt(box: sh.SystemdHost, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while box.run("virsh", "-c", "qemu:///system", "version", check=False).returncode != 0:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"the inner libvirtd does not answer:\n{box.failed_report()}")
-        time.sleep(0.3)
+    sh.wait_until(
+        lambda: box.run("virsh", "-c", "qemu:///system", "version", check=False).returncode == 0, timeout,
+        lambda: f"the inner libvirtd answering:\n{box.failed_report()}", interval=0.3,
+    )  # fmt: skip
 
 
 @pytest.fixture
@@ -252,34 +251,19 @@ def alive_macvtap(harness: Any, guest: Any, mac: str, uplink: str) -> str | None
 
 
 def wait_alive(harness: Any, guest: Any, mac: str, uplink: str, timeout: float = 60) -> str:
-    deadline = time.monotonic() + timeout
-    while True:
-        tap = alive_macvtap(harness, guest, mac, uplink)
-        if tap:
-            return tap
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{mac} has no live macvtap on {uplink} after {timeout} s:\n{guest.live_xml()}")
-        time.sleep(0.02)
+    return sh.wait_until(
+        lambda: alive_macvtap(harness, guest, mac, uplink), timeout,
+        lambda: f"a live macvtap of {mac} on {uplink}:\n{guest.live_xml()}", interval=0.02,
+    )  # fmt: skip
 
 
 def wait_for(cond: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
+    sh.wait_until(cond, timeout, what)
 
 
 def nic_count(harness: Any, guest: Any, mac: str) -> int:
     root = harness.ET.fromstring(guest.live_xml())
     return [m.get("address") for m in root.iterfind("devices/interface/mac")].count(mac)
-
-
-def reconnect(harness: Any, bed: Any, host: sh.SystemdHost) -> None:
-    bed.conn = harness.connect(host.uri)
-    for guest in bed.guests:
-        guest.conn = bed.conn
-        guest.dom = bed.conn.lookupByUUIDString(guest.uuid)
 
 
 # --------------------------------------------------------------------------- tests
@@ -305,10 +289,7 @@ def test_the_false_alarm_check_sees_a_single_error_line(host) -> None:  # type: 
     cursor = host_cursor(host)
     host.run("logger", "-t", PKG, "-p", "user.err", "mht probe: one error line")
     host.run("logger", "-t", PKG, "-p", "user.info", "mht probe: one info line")
-    deadline = time.monotonic() + 10
-    while not any("one info line" in line for line in unit_lines_of(host, cursor)):
-        assert time.monotonic() < deadline, "the probe lines did not reach the journal"
-        time.sleep(0.1)
+    wait_for(lambda: any("one info line" in line for line in unit_lines_of(host, cursor)), 10, "the probe lines")
     assert tool_errors(host, cursor) == [f"{PKG}: mht probe: one error line"]
 
 
@@ -412,7 +393,7 @@ def test_libvirtd_stopped_while_uplink_goes_and_comes(harness, host, bed, timing
     settle(host)
     ran = unit_lines(host, cursor, f"{PKG}-reconcile.service")
     assert any("repairing" in line or "parking" in line for line in ran), "\n".join(ran)
-    reconnect(harness, bed, host)
+    bed.reconnect()
     pos = guest.console_position()
     wait_alive(harness, guest, nic.mac, up.name, timeout=30)
     guest.wait_for_ping(nic.mac, after_line=pos, timeout=30)
@@ -474,10 +455,11 @@ def networkmanager(udev_rule_masked: sh.SystemdHost) -> Iterator[sh.SystemdHost]
     host.run("udevadm", "control", "--reload")
     try:
         host.systemctl("start", "NetworkManager.service")
-        deadline = time.monotonic() + 60
-        while nmcli(host, "-t", "-f", "RUNNING", "general", check=False).stdout.strip() != "running":
-            assert time.monotonic() < deadline, host.systemctl("status", "NetworkManager", check=False).stdout
-            time.sleep(0.3)
+        sh.wait_until(
+            lambda: nmcli(host, "-t", "-f", "RUNNING", "general", check=False).stdout.strip() == "running", 60,
+            lambda: "NetworkManager running:\n" + host.systemctl("status", "NetworkManager", check=False).stdout,
+            interval=0.3,
+        )  # fmt: skip
         eth0 = nmcli(host, "-t", "-f", "DEVICE,STATE", "device").stdout
         assert "eth0:unmanaged" in eth0.splitlines(), eth0
         yield host
@@ -600,7 +582,7 @@ def test_libvirt_network_hook_hands_off_to_a_worker_unit(harness, host, bed, ude
     bed.conn.close()
     host.systemctl("restart", "libvirtd.service")
     _wait_libvirt(host)
-    reconnect(harness, bed, host)
+    bed.reconnect()
     net, bu, nic, guest = bed.guest_on_bridge_network(6)
     bridge = bu.bridge
     tap = guest.macvtap_of(nic.mac)

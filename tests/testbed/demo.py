@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import harness
+from waiting import wait_until
 
 PAUSE = 3.0  # seconds of pinging shown before each change
 
@@ -48,12 +49,12 @@ class Show:
 
     def wait(self, what: str, done: object, timeout: float = 60.0) -> float:
         """Poll until done() is true; returns when it became true."""
-        deadline = time.monotonic() + timeout
-        while not done():  # type: ignore[operator]
+
+        def polled() -> object:
             self.poll()
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{what}: not within {timeout:g} s")
-            time.sleep(0.05)
+            return done()  # type: ignore[operator]
+
+        wait_until(polled, timeout, what)
         self.poll()
         return time.monotonic()
 

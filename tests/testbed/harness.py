@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import libvirt
+from waiting import wait_until  # this folder is on the path: as a script, and for its importers
 
 DEFAULT_PREFIX = "mht"
 LIBVIRT_URI = "qemu:///system"
@@ -507,10 +508,7 @@ class Guest:
     def wait_nic_gone(self, mac: str, timeout: float = 15.0) -> float:
         """Wait until the live XML no longer lists the NIC; return seconds waited."""
         t0 = time.monotonic()
-        while interface_element(self.live_xml(), mac) is not None:
-            if time.monotonic() - t0 > timeout:
-                raise TimeoutError(f"{self.name}: NIC {mac} still present after {timeout} s")
-            time.sleep(0.05)
+        wait_until(lambda: interface_element(self.live_xml(), mac) is None, timeout, f"{self.name}: NIC {mac} gone")
         return time.monotonic() - t0
 
     # --- console
@@ -540,20 +538,20 @@ class Guest:
     def wait_for_line(self, pattern: str, after_line: int = 0, timeout: float = 60.0) -> tuple[int, str]:
         """Wait for a console line matching regex *pattern* at index >= after_line."""
         rx = re.compile(pattern)
-        deadline = time.monotonic() + timeout
-        while True:
+
+        def found() -> tuple[int, str] | None:
             lines = self.console_lines()
             for i in range(after_line, len(lines)):
                 if rx.search(lines[i]):
                     return i, lines[i]
             if not self.is_running():
                 raise RuntimeError(f"{self.name} is not running; console tail:\n{self._tail()}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(
-                    f"{self.name}: no line matching {pattern!r} after line {after_line} within "
-                    f"{timeout} s; console tail:\n{self._tail()}"
-                )
-            time.sleep(0.1)
+            return None
+
+        return wait_until(
+            found, timeout, lambda: f"{self.name}: a line matching {pattern!r} after line {after_line}; "
+            f"console tail:\n{self._tail()}", interval=0.1,
+        )  # fmt: skip
 
     def wait_for_ping(self, mac: str, after_line: int = 0, timeout: float = 60.0) -> PingLine:
         """Wait until the console shows an ``ok`` ping for *mac* after *after_line*."""
@@ -758,15 +756,22 @@ class Testbed:
     def __post_init__(self) -> None:
         self.uri = self.conn.getURI()  # a test may close the connection; the cleanup still needs one
 
+    def reconnect(self) -> None:
+        """Point the bed and its guests at a new connection (libvirtd restarted)."""
+        self.conn = connect(self.uri)
+        for guest in self.guests:
+            guest.conn = self.conn
+            try:
+                guest.dom = self.conn.lookupByUUIDString(guest.uuid)
+            except libvirt.libvirtError:  # it is not running any more
+                guest.dom = None
+
     def close(self) -> list[str]:
         try:
             # isAlive() trusts a socket nothing has read from (no event loop
             # here): a libvirtd that exited since still looks alive. A call does not.
             self.conn.getLibVersion()
-            alive = True
         except libvirt.libvirtError:
-            alive = False
-        if not alive:
             self.conn = connect(self.uri)
         return cleanup(self.prefix, self.conn)
 

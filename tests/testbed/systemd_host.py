@@ -29,9 +29,10 @@ import os
 import shutil
 import signal
 import subprocess
-import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+
+from waiting import wait_until  # this folder is on the path: as a script, and for its importers
 
 HERE = Path(__file__).resolve().parent
 INNER = HERE / "systemd-inner"
@@ -126,12 +127,8 @@ def machine_daemons() -> dict[str, list[int]]:
     return found
 
 
-def _wait(cond: object, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise HostError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.1)
+def _wait(cond: Callable[[], object], timeout: float, what: str) -> None:
+    wait_until(cond, timeout, what, interval=0.1, error=HostError)
 
 
 def stop_machine_daemons() -> list[str]:
@@ -408,13 +405,15 @@ class SystemdHost:
 
     def wait_running(self, timeout: float = 90.0) -> str:
         """Wait until startup is over; a degraded host is an error naming its failed units."""
-        deadline = time.monotonic() + timeout
         state = ""
-        while time.monotonic() < deadline:
+
+        def over() -> bool:
+            nonlocal state
             state = self.state() if _pid_ns(self.pid) == self.ns else "dead"
-            if state in ("running", "degraded", "dead"):
-                break
-            time.sleep(0.2)
+            return state in ("running", "degraded", "dead")
+
+        with contextlib.suppress(TimeoutError):
+            wait_until(over, timeout, "startup", interval=0.2)
         if state == "degraded":
             raise HostError(f"the systemd host is degraded:\n{self.failed_report()}")
         if state != "running":

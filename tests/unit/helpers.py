@@ -11,8 +11,8 @@ from pathlib import Path
 
 from macvtap_hook.config import Config
 from macvtap_hook.installer import Installer, Layout
-from tests.conftest import INPUTS
 
+INPUTS = Path(__file__).resolve().parents[1] / "inputs"  # captured udev events, domain XML
 BIN = "/opt/mh/bin/macvtap-hook"
 PYTHON = "/opt/mh/bin/python3"
 HOSTILE = ["a/b", "a b", "x\ny", "a:b", "", ".", "..", "x" * 16, "x" * 300, "\t", "a\x00b", "é" * 8]

@@ -8,10 +8,8 @@ from pathlib import Path
 import pytest
 
 from macvtap_hook.bridgeports import plan_ports, port_state, vlan_entries
-from macvtap_hook.engine import Engine
 from macvtap_hook.model import BridgeNic, DomainRef, DomainView, Link, Links, PortSettings, VlanTag
-from macvtap_hook.state import StateStore
-from tests.fakes import FakeHypervisor, FakeLinks, bridge_nic, direct_nic, network_nic
+from tests.fakes import World, bridge_nic, direct_nic, network_nic
 
 MAC = "52:54:00:00:00:01"
 TAPMAC = "fe:54:00:00:00:01"
@@ -115,24 +113,9 @@ def test_states_for_status() -> None:
 # -- the engine, against fakes ----------------------------------------------------
 
 
-class World:
-    def __init__(self, tmp: Path) -> None:
-        self.links = FakeLinks()
-        self.hv = FakeHypervisor(self.links)
-        self.store = StateStore(tmp / "state" / "state.json")
-
-    def converge(self, **kw: object):  # type: ignore[no-untyped-def]
-        engine = Engine([self.hv], self.links, self.store, detach_timeout=1.0, sleep=lambda _dt: None, maker=self.links)
-        return engine.converge(**kw)  # type: ignore[arg-type]
-
-    def master_of(self, tap: str) -> str | None:
-        link = self.links.links[tap]
-        return next((n for n, lk in self.links.links.items() if lk.ifindex == link.master), None)
-
-
 @pytest.fixture
 def world(tmp_path: Path) -> World:
-    w = World(tmp_path)
+    w = World(tmp_path, netlink=True)
     w.links.add("br0", kind="bridge", mtu=1500, up=True)
     w.links.add("up0")
     return w

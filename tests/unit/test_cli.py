@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from macvtap_hook import index
+from tests.testbed.waiting import wait_until
 from tests.unit.helpers import HOSTILE, run
 
 
@@ -253,7 +254,6 @@ def test_work_kept_for_later_is_a_warning_not_an_error(tmp_path: Path, held: boo
 def test_libvirt_network_hook_hands_off_and_exits_0_silently(tmp_path: Path) -> None:
     """On 'started' a hint is left and a detached drain started (no systemd
     here); it never calls libvirt itself. Other operations do nothing."""
-    import time
 
     for op in ("start", "stopped", "port-created", "plugged"):
         done = run(tmp_path, "libvirt-network-hook", "net0", op, "begin", "-", stdin=b"<hookData/>")
@@ -262,10 +262,8 @@ def test_libvirt_network_hook_hands_off_and_exits_0_silently(tmp_path: Path) -> 
     done = run(tmp_path, "libvirt-network-hook", "net0", "started", "begin", "-", stdin=b"<hookData/>")
     assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
     assert [p.name for p in (tmp_path / "run" / "hints").iterdir() if not p.name.startswith(".")]
-    deadline = time.monotonic() + 30
-    while not (tmp_path / "run" / "lock").exists():  # the drain ran: it took the lock (libvirt unreachable here)
-        assert time.monotonic() < deadline, "no drain ran"
-        time.sleep(0.1)
+    # The drain ran: it took the lock (libvirt unreachable here).
+    wait_until((tmp_path / "run" / "lock").exists, 30, "a drain")
     assert run(tmp_path, "libvirt-network-hook").returncode == 0
 
 

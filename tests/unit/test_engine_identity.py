@@ -5,22 +5,17 @@ from __future__ import annotations
 
 import json
 import logging
-import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from macvtap_hook.engine import Engine, Report
 from macvtap_hook.identity import StackedUplink, UplinkRule, identity_from_udev
-from macvtap_hook.model import ParkedNic
 from macvtap_hook.nicxml import parse_domain
-from macvtap_hook.state import StateStore, record_from_dict, record_to_dict
-from tests.fakes import FakeHypervisor, FakeIdentities, FakeLinks, direct_nic
+from macvtap_hook.state import record_from_dict, record_to_dict
+from tests.fakes import MAC1, UUID1, FakeLinks, World, direct_nic
 
-MAC1, MAC2 = "52:54:00:00:00:01", "52:54:00:00:00:02"
-UUID1 = "11111111-1111-1111-1111-111111111111"
 USB = {
     "ID_PATH": "pci-0000:00:14.0-usb-0:2:1.0",
     "ID_NET_NAME_MAC": "enx00e04c680001",
@@ -48,41 +43,9 @@ class HookStub:
         return 1
 
 
-class World:
-    def __init__(self, tmp: Path) -> None:
-        self.links = FakeLinks()
-        self.hv = FakeHypervisor(self.links)
-        self.store = StateStore(tmp / "state" / "state.json")
-        self.udevdb = FakeIdentities(self.links)
-
-    def converge(
-        self,
-        rules: tuple[UplinkRule, ...] = (),
-        hooks: HookStub | None = None,
-        stacked: tuple[StackedUplink, ...] = (),
-        maker: object = None,
-    ) -> Report:
-        engine = Engine(
-            [self.hv], self.links, self.store, detach_timeout=1.0, sleep=lambda _dt: None,
-            identities=self.udevdb, hints=self.links.take_events(), rules=rules, hooks=hooks,  # type: ignore[arg-type]
-            stacked=stacked, maker=maker or self.links,  # type: ignore[arg-type]
-        )  # fmt: skip
-        return engine.converge()
-
-    def source(self, mac: str = MAC1) -> str | None:
-        root = ET.fromstring(self.hv.xml(UUID1))
-        for iface in root.iterfind("devices/interface"):
-            if iface.find("mac").get("address") == mac:  # type: ignore[union-attr]
-                return iface.find("source").get("dev")  # type: ignore[union-attr]
-        return None
-
-    def parked(self) -> tuple[ParkedNic, ...]:
-        return self.store.load()
-
-
 @pytest.fixture
 def world(tmp_path: Path) -> World:
-    w = World(tmp_path)
+    w = World(tmp_path, netlink=True, udev=True)
     w.links.add("enx00e04c680001", perm_mac=PERM, udev=USB)
     w.hv.start("vm1", UUID1, [direct_nic(MAC1, "enx00e04c680001")])
     w.links.take_events()
@@ -221,7 +184,7 @@ def test_several_lookalikes_get_nothing(world: World, caplog: pytest.LogCaptureF
 
 
 def test_stacked_uplink_recreated_by_a_hook(tmp_path: Path) -> None:
-    w = World(tmp_path)
+    w = World(tmp_path, netlink=True, udev=True)
     w.links.add("eth1", udev={"ID_NET_DRIVER": "veth"})
     w.links.add("vmvlan", kind="macvlan", parent=w.links.links["eth1"].ifindex)
     w.hv.start("vm1", UUID1, [direct_nic(MAC1, "vmvlan")])
@@ -269,7 +232,7 @@ def test_a_macvtap_on_a_macvlan_is_not_a_renamed_uplink(tmp_path: Path) -> None:
     """The kernel puts a macvtap made on a macvlan on the macvlan's lower
     device: the parent's identity must not become the NIC's, or the NIC
     would be attached to the parent itself when it comes back."""
-    w = World(tmp_path)
+    w = World(tmp_path, netlink=True, udev=True)
     parent = w.links.add("eth1", perm_mac=PERM, udev=USB)
     w.links.add("vmvlan", kind="macvlan", parent=parent.ifindex)
     w.hv.start("vm1", UUID1, [direct_nic(MAC1, "vmvlan")])
@@ -301,7 +264,7 @@ def test_status_shows_the_identity_and_names_a_nic_waits_for(world: World) -> No
 def parked_on_vmvlan(tmp_path: Path) -> tuple[World, StackedUplink]:
     """vm1's NIC sat on vmvlan (VLAN 100 on eth1), parked when eth1 went
     and took vmvlan with it; the [[stacked]] table that declares vmvlan."""
-    w = World(tmp_path)
+    w = World(tmp_path, netlink=True, udev=True)
     w.links.add("eth1")
     w.links.add("vmvlan", kind="vlan", parent=w.links.links["eth1"].ifindex)
     w.hv.start("vm1", UUID1, [direct_nic(MAC1, "vmvlan")])

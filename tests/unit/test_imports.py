@@ -1,5 +1,7 @@
 """The package's modules depend on one another without a circle (imports
-made inside functions and for type checking count too)."""
+made inside functions and for type checking count too); test modules take
+what they share from helper modules, never from another test module or a
+conftest."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[2] / "macvtap_hook"
+TESTS = PACKAGE.parent / "tests"
 
 
 def dependencies() -> dict[str, set[str]]:
@@ -53,3 +56,29 @@ def test_the_circle_finder_finds_one() -> None:
         ["installer", "manpage", "cli", "installer"],
         ["manpage", "cli", "installer", "manpage"],
     ]
+
+
+def imported_test_modules(source: str) -> set[str]:
+    """The test modules and conftests an import in `source` names."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom):
+            names.add(node.module or "")
+        elif isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+    last = {n: n.rsplit(".", 1)[-1] for n in names}
+    return {n for n, leaf in last.items() if leaf.startswith("test_") or leaf == "conftest"}
+
+
+def test_no_test_module_imports_another_or_a_conftest() -> None:
+    found = {
+        str(path.relative_to(TESTS)): hits
+        for path in sorted(TESTS.rglob("*.py"))
+        if (hits := imported_test_modules(path.read_text()))
+    }
+    assert found == {}
+
+
+def test_the_test_import_finder_finds_one() -> None:
+    src = "from tests.integration.test_hook import booted\nimport conftest\nfrom tests.fakes import World\n"
+    assert imported_test_modules(src) == {"tests.integration.test_hook", "conftest"}

@@ -10,7 +10,7 @@ import pytest
 from macvtap_hook import nicxml
 from macvtap_hook.bridgeports import vlan_entries
 from macvtap_hook.model import ParkedNic
-from tests.conftest import INPUTS
+from tests.unit.helpers import INPUTS
 
 LIVE = sorted((INPUTS / "libvirt").glob("live-*.xml"))
 

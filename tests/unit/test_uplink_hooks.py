@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from macvtap_hook.uplink_hooks import UplinkHooks
+from tests.testbed.waiting import wait_until
 
 
 def hook(folder: Path, name: str, body: str, mode: int = 0o755) -> Path:
@@ -83,10 +84,7 @@ def test_a_hanging_hook_and_its_children_are_stopped_at_the_bound(
         except FileNotFoundError:
             return True
 
-    deadline = time.monotonic() + 5
-    while not gone():
-        assert time.monotonic() < deadline, "child killed"
-        time.sleep(0.02)
+    wait_until(gone, 5, "the child killed", interval=0.02)
     assert "did not finish within 0.5 s" in caplog.text
     assert "10-hang: started" in caplog.text, "its output reaches the log"
     assert out.read_text() == "next\n", "the next hook still runs"
