@@ -33,7 +33,9 @@ log = logging.getLogger("macvtap_hook")
 INLINE_BUDGET = 60.0  # seconds of draining an inline (udev) run may start rounds in
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, verdict: str | None = None) -> int:
+    """`verdict`: what entry.py's look at a udev event found (events.verdict),
+    so that it is not made again."""
     args = list(sys.argv[1:] if argv is None else argv)
     verbosity = 0
     if args[:1] == ["libvirt-hook"]:
@@ -42,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _libvirt_network_hook(args[1:])
     try:
         if args[:1] == ["udev"] and len(args) == 1:
-            return _guard(_udev, 0)  # the hot path skips argparse
+            return _guard(lambda cfg: _udev(cfg, verdict), 0)  # the hot path skips argparse
         from macvtap_hook.commandline import parser
 
         ns = parser().parse_args(args)
@@ -87,10 +89,10 @@ def _setup_logging(verbosity: int, cfg: Config | None) -> None:
 # -- event entry points -------------------------------------------------------
 
 
-def _udev(cfg: Config) -> int:
+def _udev(cfg: Config, verdict: str | None = None) -> int:
     from macvtap_hook.events import hint_from_udev
 
-    return _on_event(cfg, hint_from_udev(os.environ), seqnum=os.environ.get("SEQNUM"))
+    return _on_event(cfg, hint_from_udev(os.environ), seqnum=os.environ.get("SEQNUM"), verdict=verdict)
 
 
 def _nm(ns: Any, cfg: Config) -> int:
@@ -99,10 +101,10 @@ def _nm(ns: Any, cfg: Config) -> int:
     return _on_event(cfg, hint_from_nm(ns.iface or "", ns.action or ""), seqnum=None)
 
 
-def _on_event(cfg: Config, hint: Hint | None, seqnum: str | None) -> int:
+def _on_event(cfg: Config, hint: Hint | None, seqnum: str | None, verdict: str | None = None) -> int:
     if hint is None:
         return EXIT_OK
-    if not _matters(cfg, hint):
+    if not _matters(cfg, hint, verdict):
         log.debug("%s: no live NIC sits on it and no parked NIC waits for it", hint.describe())
         return EXIT_OK
     if _hand_off(cfg, hint, seqnum):
@@ -114,12 +116,15 @@ def _on_event(cfg: Config, hint: Hint | None, seqnum: str | None) -> int:
     return EXIT_ATTENTION if report is not None and report.unreadable else EXIT_OK
 
 
-def _matters(cfg: Config, hint: Hint) -> bool:
+def _matters(cfg: Config, hint: Hint, verdict: str | None = None) -> bool:
     from macvtap_hook import events
 
-    if hint.bridge:
+    if verdict in (events.NO, events.YES, events.IF_AWAITED):
+        said = verdict
+    elif hint.bridge:
         return True  # events.bridge_appeared
-    said = events.verdict(hint.action, hint.iface, hint.old_iface, str(cfg.run_dir), str(hint.ifindex or ""))
+    else:
+        said = events.verdict(hint.action, hint.iface, hint.old_iface, str(cfg.run_dir), str(hint.ifindex or ""))
     if said != events.IF_AWAITED:
         return said == events.YES
     return events.awaited_under_another_name(

@@ -20,30 +20,39 @@ if TYPE_CHECKING:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    if _udev_settled() if args == ["udev"] else _ignorable(args):
+    verdict = None
+    if args == ["udev"]:
+        verdict = _udev_verdict()
+        if verdict is None:
+            return 0
+    elif _ignorable(args):
         return 0
     from macvtap_hook.cli import main as full
 
-    return full(args)
+    return full(args, verdict=verdict)
 
 
-def _udev_settled() -> bool:
-    """A udev event dealt with here, from one look at it: ignored when it
-    cannot matter, or queued and handed to a worker when it needs a full
-    run (with libvirt 12.3 and later a guest's start waits for the add of
-    its macvtap to be handled: loading the command line first would cost
-    every such start)."""
+def _udev_verdict() -> str | None:
+    """One look at a udev event (events.udev_triage): None when that settled
+    it here (it cannot matter, or it was queued and handed to a worker: with
+    libvirt 12.3 and later a guest's start waits for the add of its macvtap
+    to be handled, and loading the command line first would cost every such
+    start); else the verdict, passed on so that it is not made twice ("":
+    none was made)."""
     try:
         from macvtap_hook import events
 
-        said = events.udev_triage(os.environ)
-        if isinstance(said, bool):
-            return said
-        from macvtap_hook import handoff
+        said, run_dir, handoff_mode, fields = events.udev_triage(os.environ)
+        if said == events.NO:
+            return None
+        if fields is not None:
+            from macvtap_hook import handoff
 
-        return handoff.try_hand_off(*said, seqnum=os.environ.get("SEQNUM"))
-    except Exception:  # whatever it is, the full path reports it properly
-        return False
+            if handoff.try_hand_off(run_dir, handoff_mode, fields, seqnum=os.environ.get("SEQNUM")):
+                return None
+        return said
+    except Exception:  # whatever it is, the full path decides again and reports it properly
+        return ""
 
 
 def _ignorable(args: list[str]) -> bool:

@@ -112,6 +112,7 @@ def hint_from_nm(iface: str, action: str) -> Hint | None:
 
 
 NO, YES, IF_AWAITED = "no", "yes", "if-awaited"
+UNDECIDED = "undecided"  # malformed or no readable configuration: the command line proper decides
 
 
 def needs_work(
@@ -251,28 +252,30 @@ def _cheap(action: str | None, iface: str | None, old: str | None, ifindex: str 
     return run_dir is not None and not needs_work(action, iface, old, run_dir, ifindex)
 
 
-def udev_triage(env: Mapping[str, str]) -> tuple[str, str, HintFields] | bool:
-    """The event path's one look at a udev event: True when the index shows
-    it cannot matter; (run folder, hand-off, the hint's fields) when it needs
-    a full run and the configuration hands that to a worker; False: the
-    command line proper decides (malformed events included: it reports them)."""
+def udev_triage(env: Mapping[str, str]) -> tuple[str, str, str, HintFields | None]:
+    """The one look at a udev event, made before anything heavy is loaded:
+    (verdict, run folder, hand-off, the hint's fields). The verdict is NO,
+    YES or IF_AWAITED (see verdict; a bridge appearing is YES), or UNDECIDED
+    for a malformed event or configuration, which the command line proper
+    reports. The fields are there when a YES can be handed on as it is (the
+    hand-off is "" when the configured one is invalid)."""
+    undecided = (UNDECIDED, "", "", None)
     if env.get("SUBSYSTEM", "net") != "net":
-        return False
+        return undecided
     action, iface = env.get("ACTION"), env.get("INTERFACE")
     old = _old_name(env) if action == "move" else None
     if action not in UDEV_ACTIONS or not iface or not valid_ifname(iface) or (old and not valid_ifname(old)):
-        return False
+        return undecided
     values = _configured(("run_dir", "handoff"))
     run_dir = None if values is None else _run_dir(values)
     if values is None or run_dir is None:
-        return False
+        return undecided
     bridge = bridge_appeared(action, iface, env.get("DEVTYPE", ""))
     said = YES if bridge else verdict(action, iface, old, run_dir, env.get("IFINDEX"))
     handoff = values.get("handoff", DEFAULT_HANDOFF)
-    if said != YES or handoff not in HANDOFFS:
-        return said == NO
-    fields = udev_hint_fields(env)
-    return False if fields is None else (run_dir, str(handoff), fields)
+    if handoff not in HANDOFFS:
+        handoff = ""  # the command line proper reports it, when the event matters
+    return said, run_dir, str(handoff), udev_hint_fields(env) if said == YES and handoff else None
 
 
 def ignorable_nm_event(iface: str, action: str) -> bool:

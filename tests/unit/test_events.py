@@ -8,7 +8,7 @@ import pytest
 
 from macvtap_hook import index
 from macvtap_hook.errors import BadEvent, BadInterfaceName
-from macvtap_hook.events import hint_from_nm, hint_from_udev, needs_work, plain_run_dir, udev_triage
+from macvtap_hook.events import NO, hint_from_nm, hint_from_udev, needs_work, plain_run_dir, udev_triage
 from macvtap_hook.hints import Hint
 from macvtap_hook.ifname import check_ifname
 from tests.unit.helpers import HOSTILE, udev_events
@@ -16,7 +16,7 @@ from tests.unit.helpers import HOSTILE, udev_events
 
 def ignorable_udev_event(env: dict[str, str]) -> bool:
     """What the event path's triage says of a udev event: nothing to do."""
-    return udev_triage(env) is True
+    return udev_triage(env)[0] == NO
 
 
 def test_veth_add_and_remove() -> None:
@@ -230,6 +230,40 @@ def test_malformed_or_unknown_events_are_left_to_the_full_path(tmp_path: Path, m
     ):
         assert not ignorable_udev_event(env), env
     assert not ignorable_udev_event({"ACTION": "remove", "INTERFACE": "veth7", "SUBSYSTEM": "block"})
+
+
+VERDICT_PROBE = """
+import sys
+from macvtap_hook import entry, events, runner
+made, ran = [], []
+real = events.verdict
+events.verdict = lambda *a, **kw: made.append(a) or real(*a, **kw)
+runner.run = lambda cfg, hint, **kw: ran.append(hint.iface)
+print(entry.main(["udev"]), len(made), ran)
+"""
+
+
+@pytest.mark.parametrize("handoff", ["inline", "nonsense"])
+def test_the_verdict_is_made_once_and_passed_on_to_the_full_path(tmp_path: Path, handoff: str) -> None:
+    """An event that needs a run and is not handed to a worker from the
+    event path (an inline hand-off; an invalid one, which the command line
+    proper reports) reaches the run with the index read once."""
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    index.write_index(str(run), ["eth1"])
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(f'run_dir = "{run}"\nstate_dir = "{tmp_path}/state"\nhandoff = "{handoff}"\n')
+    env = {"MACVTAP_HOOK_CONFIG": str(cfg), "ACTION": "remove", "INTERFACE": "eth1", "SUBSYSTEM": "net"}
+    done = subprocess.run(
+        [sys.executable, "-c", VERDICT_PROBE], env={**env, "PYTHONPATH": str(Path(__file__).parents[2])},
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    if handoff == "inline":
+        assert done.stdout == "0 1 ['eth1']\n", done.stderr
+    else:
+        assert done.stdout.split(" ", 2)[1:] == ["1", "[]\n"] and "handoff" in done.stderr, done.stderr
 
 
 def test_while_something_is_parked_a_new_name_goes_to_the_identity_check(tmp_path: Path) -> None:
