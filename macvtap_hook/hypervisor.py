@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from macvtap_hook import nicxml
 from macvtap_hook.errors import DomainGone, HypervisorError, HypervisorUnavailable
 from macvtap_hook.model import DomainRef, DomainView, LiveNic, ParkedNic
+from macvtap_hook.records import METADATA_KEY, METADATA_URI, to_metadata
 
 if TYPE_CHECKING:
     import libvirt
@@ -146,13 +147,13 @@ class LibvirtHypervisor:
 
     def write_metadata(self, dom: DomainRef, records: Sequence[ParkedNic]) -> None:
         lv = self._lv
-        body = nicxml.metadata_xml(records) if records else None
+        body = to_metadata(records) if records else None
         try:
             self._domain(dom).setMetadata(
                 lv.VIR_DOMAIN_METADATA_ELEMENT,
                 body,
-                nicxml.METADATA_KEY,
-                nicxml.METADATA_URI,
+                METADATA_KEY,
+                METADATA_URI,
                 lv.VIR_DOMAIN_AFFECT_LIVE,
             )
         except lv.libvirtError as exc:

@@ -1,4 +1,5 @@
-"""Every XML transformation: live domain -> NICs, NIC -> record, record -> attach.
+"""XML of domains, NICs and networks: live domain -> NICs, record -> attach
+(records.py holds a record's own forms, its metadata among them).
 
 Built and read with ElementTree only; no XML is ever made by formatting
 strings, because interface and network names are outside input.
@@ -6,18 +7,12 @@ strings, because interface and network names are outside input.
 
 from __future__ import annotations
 
-import math
 import re
 import xml.etree.ElementTree as ET
-from collections.abc import Iterable, Sequence
 
-from macvtap_hook.errors import BadInterfaceName
-from macvtap_hook.identity import UplinkIdentity
+from macvtap_hook import records
 from macvtap_hook.ifname import check_ifname
-from macvtap_hook.model import PARK_STATES, BridgeNic, DomainRef, DomainView, LiveNic, ParkedNic, VlanTag
-
-METADATA_URI = "urn:x-macvtap-hook:parked:1"
-METADATA_KEY = "macvtap-hook"
+from macvtap_hook.model import BridgeNic, DomainRef, DomainView, LiveNic, ParkedNic, VlanTag
 
 # Names libvirt generates; an administrator's own names are kept.
 _AUTO_TARGET = re.compile(r"^(macvtap|macvlan)\d+$")
@@ -69,9 +64,9 @@ def parse_domain(xml: str, uri: str) -> DomainView:
             found = bridge_nic(iface)
             if found is not None:
                 bridged.append(found)
-    meta = root.find(f"metadata/{{{METADATA_URI}}}parked")
+    meta = root.find(f"metadata/{{{records.METADATA_URI}}}parked")
     run = (meta.get("run") or None) if meta is not None else None
-    parked = tuple(_parked_from_metadata(meta, ref, run)) if meta is not None else ()
+    parked = records.from_metadata(meta, ref) if meta is not None else ()
     return DomainView(
         ref=ref, nics=tuple(nics), parked=parked, all_macs=frozenset(macs), run=run, bridge_nics=tuple(bridged)
     )
@@ -165,99 +160,6 @@ def with_link_down(nic: LiveNic) -> str:
     link.attrib.clear()
     link.set("state", "down")
     return _to_text(iface, indent=True)
-
-
-def metadata_xml(records: Sequence[ParkedNic]) -> str:
-    """The domain's second record of its parked NICs (live metadata).
-
-    It carries the run token: the metadata lives exactly as long as the
-    domain's run, so the token tells this run from any later one.
-    """
-    root = ET.Element("parked")
-    if records:
-        root.set("run", records[0].run)
-    for rec in records:
-        nic = ET.SubElement(root, "nic")
-        nic.set("mac", rec.mac)
-        nic.set("uplink", rec.uplink)
-        nic.set("candidates", " ".join(rec.candidates))
-        nic.set("state", rec.state)
-        nic.set("since", repr(rec.since))
-        if rec.mode:
-            nic.set("mode", rec.mode)
-        if rec.network:
-            nic.set("network", rec.network)
-        if rec.identity is not None:
-            _identity_element(nic, rec.identity)
-        # The interface is kept as text: libvirt re-namespaces nested elements.
-        ET.SubElement(nic, "xml").text = rec.xml
-    return _to_text(root)
-
-
-def _identity_element(parent: ET.Element, ident: UplinkIdentity) -> None:
-    elem = ET.SubElement(parent, "identity")
-    if ident.permanent_mac:
-        elem.set("permanent_mac", ident.permanent_mac)
-    if ident.path:
-        elem.set("path", ident.path)
-    for key, value in ident.properties:
-        ET.SubElement(elem, "property", {"name": key, "value": value})
-
-
-def _identity_from_element(nic: ET.Element) -> UplinkIdentity | None:
-    elem = next((c for c in nic if c.tag.rpartition("}")[2] == "identity"), None)
-    if elem is None:
-        return None
-    props = {p.get("name", ""): p.get("value", "") for p in elem if p.tag.rpartition("}")[2] == "property"}
-    return UplinkIdentity.from_dict(
-        {"permanent_mac": elem.get("permanent_mac"), "path": elem.get("path"), "properties": props}
-    )
-
-
-def _parked_from_metadata(meta: ET.Element, ref: DomainRef, run: str | None) -> Iterable[ParkedNic]:
-    """The records in our metadata; anything malformed is skipped.
-
-    Anyone with access to libvirt can write this metadata, and its XML is
-    attached to the guest, so only what parking would have produced passes.
-    """
-    for nic in meta:
-        if nic.tag.rpartition("}")[2] != "nic":
-            continue
-        xml_elem = next((c for c in nic if c.tag.rpartition("}")[2] == "xml"), None)
-        mac, uplink, state = nic.get("mac"), nic.get("uplink"), nic.get("state", "parked")
-        if not mac or not uplink or xml_elem is None or not xml_elem.text or state not in PARK_STATES:
-            continue
-        try:
-            since = float(nic.get("since", "0"))
-            candidates = tuple(check_ifname(c) for c in nic.get("candidates", uplink).split()) or (uplink,)
-            check_ifname(uplink)
-            check_recorded_interface(xml_elem.text, normalize_mac(mac))
-            identity = _identity_from_element(nic)
-        except (ValueError, BadInterfaceName):
-            continue
-        yield ParkedNic(
-            domain=ref,
-            mac=normalize_mac(mac),
-            uplink=uplink,
-            candidates=candidates,
-            mode=nic.get("mode"),
-            network=nic.get("network"),
-            xml=xml_elem.text,
-            state=state,
-            since=since if math.isfinite(since) else 0.0,
-            run=run or "",
-            identity=identity,
-        )
-
-
-def check_recorded_interface(xml: str, mac: str) -> None:
-    """Raise ValueError unless `xml` is a direct interface with this MAC."""
-    iface = _parse(xml, "recorded interface")
-    mac_elem = iface.find("mac")
-    if iface.tag != "interface" or iface.get("type") != "direct":
-        raise XmlError("not a type='direct' <interface>")
-    if mac_elem is None or normalize_mac(mac_elem.get("address", "")) != mac:
-        raise XmlError("its MAC differs from the record's")
 
 
 def pool_members(network_xml: str) -> tuple[str, ...]:

@@ -11,18 +11,14 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import os
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
-from macvtap_hook.errors import BadInterfaceName
 from macvtap_hook.identity import UplinkIdentity
-from macvtap_hook.ifname import check_ifname
-from macvtap_hook.model import PARK_STATES, DomainRef, ParkedNic
-from macvtap_hook.nicxml import check_recorded_interface
+from macvtap_hook.model import ParkedNic
+from macvtap_hook.records import BadRecord, from_dict, text, to_dict
 from macvtap_hook.safety import check_owned_by_root, ensure_private_dir
 
 SCHEMA = 1
@@ -33,66 +29,6 @@ class CorruptState(ValueError):
     pass
 
 
-def record_to_dict(rec: ParkedNic) -> dict[str, Any]:
-    return {
-        "domain": rec.domain.name,
-        "uuid": rec.domain.uuid,
-        "domain_id": rec.domain.id,
-        "uri": rec.domain.uri,
-        "mac": rec.mac,
-        "uplink": rec.uplink,
-        "candidates": list(rec.candidates),
-        "network": rec.network,
-        "mode": rec.mode,
-        "state": rec.state,
-        "since": rec.since,
-        "attempts": rec.attempts,
-        "last_error": rec.last_error,
-        "run": rec.run,
-        "boot": rec.boot,
-        "xml": rec.xml,
-        "identity": rec.identity.to_dict() if rec.identity is not None else None,
-    }
-
-
-def record_from_dict(data: Any) -> ParkedNic:
-    try:
-        ref = DomainRef(
-            uri=_str(data["uri"]), uuid=_str(data["uuid"]), id=int(data["domain_id"]), name=_str(data["domain"])
-        )
-        state = data.get("state", "parked")
-        if state not in PARK_STATES:
-            raise CorruptState(f"unknown state {state!r}")
-        candidates = tuple(check_ifname(_str(c)) for c in data.get("candidates") or [data["uplink"]])
-        mac = _str(data["mac"]).lower()
-        check_recorded_interface(_str(data["xml"]), mac)
-        since = float(data.get("since", 0.0))
-        return ParkedNic(
-            domain=ref,
-            mac=mac,
-            uplink=check_ifname(_str(data["uplink"])),
-            candidates=candidates,
-            mode=data.get("mode"),
-            network=data.get("network"),
-            xml=_str(data["xml"]),
-            state=state,
-            since=since if math.isfinite(since) else 0.0,
-            attempts=int(data.get("attempts", 0)),
-            last_error=data.get("last_error"),
-            run=str(data.get("run") or ""),
-            boot=str(data.get("boot") or ""),
-            identity=UplinkIdentity.from_dict(data.get("identity")),  # absent in older files: none
-        )
-    except (KeyError, TypeError, ValueError, BadInterfaceName) as exc:
-        raise CorruptState(f"bad record: {exc}") from None
-
-
-def _str(value: Any) -> str:
-    if not isinstance(value, str):
-        raise TypeError(f"expected a string, got {type(value).__name__}")
-    return value
-
-
 def parse_state(raw: bytes) -> tuple[ParkedNic, ...]:
     try:
         data = json.loads(raw)
@@ -100,7 +36,10 @@ def parse_state(raw: bytes) -> tuple[ParkedNic, ...]:
         raise CorruptState(str(exc)) from None
     if not isinstance(data, dict) or data.get("schema") != SCHEMA or not isinstance(data.get("parked"), list):
         raise CorruptState(f"not a schema {SCHEMA} state file")
-    return tuple(record_from_dict(item) for item in data["parked"])
+    try:
+        return tuple(from_dict(item) for item in data["parked"])
+    except BadRecord as exc:
+        raise CorruptState(str(exc)) from None
 
 
 def _create_temporary(path: Path) -> tuple[int, Path]:
@@ -169,7 +108,7 @@ class StateStore:
 
     def save(self, records: Iterable[ParkedNic]) -> None:
         ensure_private_dir(self.path.parent)
-        body = {"schema": SCHEMA, "parked": [record_to_dict(r) for r in sorted(records, key=lambda r: r.key)]}
+        body = {"schema": SCHEMA, "parked": [to_dict(r) for r in sorted(records, key=lambda r: r.key)]}
         atomic_write(self.path, json.dumps(body, indent=2, sort_keys=True).encode() + b"\n")
 
     # -- what was seen of renamed uplinks (planner.Observed), by NIC --------
@@ -186,7 +125,7 @@ class StateStore:
             check_owned_by_root(self.renamed_path)
             found = {}
             for item in json.loads(raw)["renamed"]:
-                key = (_str(item["uri"]), _str(item["uuid"]), _str(item["mac"]))
+                key = (text(item["uri"]), text(item["uuid"]), text(item["mac"]))
                 found[key] = (int(item["ifindex"]), UplinkIdentity.from_dict(item.get("identity")))
             return found
         except FileNotFoundError:

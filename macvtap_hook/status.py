@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from macvtap_hook import records
 from macvtap_hook.config import Config
 from macvtap_hook.errors import HypervisorUnavailable, UnsafePath
 from macvtap_hook.hints import HintQueue
@@ -30,7 +31,7 @@ from macvtap_hook.protected import (
     protected_nics,
     records_only,
 )
-from macvtap_hook.state import SCHEMA, CorruptState, StateStore, record_to_dict
+from macvtap_hook.state import SCHEMA, CorruptState, StateStore
 
 if TYPE_CHECKING:
     from macvtap_hook.hypervisor import Hypervisor
@@ -87,7 +88,7 @@ def _iso(epoch: float) -> str:
 
 def status_entry(rec: ParkedNic) -> dict[str, Any]:
     """A record as `status --json` shows it in `parked` (fields documented in the README)."""
-    entry = record_to_dict(rec)
+    entry = records.to_dict(rec)
     for internal in ("xml", "run", "boot"):
         del entry[internal]
     entry.update(since=_iso(rec.since), needs_attention=rec.needs_attention, advice=advice(rec))

@@ -24,6 +24,7 @@ from macvtap_hook.errors import DomainGone, HypervisorError, HypervisorUnavailab
 from macvtap_hook.hints import Hint
 from macvtap_hook.identity import StackedUplink, UplinkIdentity, identity_from_udev
 from macvtap_hook.model import DomainRef, DomainView, Link, Links, LiveNic, ParkedNic, PortSettings
+from macvtap_hook.records import METADATA_URI, to_metadata
 from macvtap_hook.state import StateStore
 from macvtap_hook.udevprops import udev_identity_env
 
@@ -232,8 +233,8 @@ class FakeHypervisor:
         for old in list(meta):
             meta.remove(old)
         if records:
-            elem = ET.fromstring(nicxml.metadata_xml(records))
-            ns_elem = ET.SubElement(meta, f"{{{nicxml.METADATA_URI}}}parked", elem.attrib)
+            elem = ET.fromstring(to_metadata(records))
+            ns_elem = ET.SubElement(meta, f"{{{METADATA_URI}}}parked", elem.attrib)
             ns_elem.extend(list(elem))
 
     def request_detach(self, dom: DomainRef, nic: LiveNic) -> None:

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from macvtap_hook import records
 from macvtap_hook.identity import StackedUplink, UplinkRule, identity_from_udev
 from macvtap_hook.nicxml import parse_domain
-from macvtap_hook.state import record_from_dict, record_to_dict
 from tests.fakes import MAC1, UUID1, FakeLinks, World, direct_nic
 
 USB = {
@@ -214,10 +214,10 @@ def test_old_state_files_are_read_without_identity(world: World) -> None:
     world.links.delete("enx00e04c680001")
     world.converge()
     (rec,) = world.parked()
-    data = record_to_dict(rec)
+    data = records.to_dict(rec)
     assert data["identity"]["permanent_mac"] == PERM
     del data["identity"]
-    assert record_from_dict(json.loads(json.dumps(data))).identity is None
+    assert records.from_dict(json.loads(json.dumps(data))).identity is None
 
 
 def test_no_identity_is_read_while_nothing_waits(world: World) -> None:

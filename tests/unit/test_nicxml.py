@@ -7,7 +7,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from macvtap_hook import nicxml
+from macvtap_hook import nicxml, records
 from macvtap_hook.bridgeports import vlan_entries
 from macvtap_hook.model import ParkedNic
 from tests.unit.helpers import INPUTS
@@ -62,11 +62,11 @@ def test_administrator_names_are_kept() -> None:
 def test_metadata_round_trip_keeps_hostile_text_as_data(golden) -> None:  # type: ignore[no-untyped-def]
     view = nicxml.parse_domain((INPUTS / "libvirt" / "live-direct-bridge.xml").read_text(), "qemu:///system")
     rec = _record("", view.nics[0], view).evolve(uplink='a"b<c>&d', candidates=('a"b<c>&d',))
-    meta = nicxml.metadata_xml([rec])
+    meta = records.to_metadata([rec])
     golden("metadata.xml", meta + "\n")
     wrapped = (
         f"<domain id='{view.ref.id}'><name>{view.ref.name}</name><uuid>{view.ref.uuid}</uuid><devices/>"
-        f"<metadata><mh:parked xmlns:mh='{nicxml.METADATA_URI}'>{meta[len('<parked>') : -len('</parked>')]}"
+        f"<metadata><mh:parked xmlns:mh='{records.METADATA_URI}'>{meta[len('<parked>') : -len('</parked>')]}"
         "</mh:parked></metadata></domain>"
     )
     (back,) = nicxml.parse_domain(wrapped, "qemu:///system").parked
