@@ -31,7 +31,7 @@ def read_truth(engine: Engine) -> tuple[Snapshot, list[str], list[str]]:
         notes.append(f"the state file is unreadable ({exc}): a run would move it aside and rebuild it")
     engine.prime(records)
     snap = engine.snapshot()
-    return snap, notes, list(engine.report.unreachable)
+    return snap, notes, list(snap.unreachable)
 
 
 def dry_run(cfg: Config, only: frozenset[str] | None, *, retry_stuck: bool = True) -> list[str]:

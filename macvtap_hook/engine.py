@@ -31,6 +31,8 @@ from macvtap_hook.planner import (
     Park,
     Plan,
     Snapshot,
+    bridge_changed,
+    changed_meanwhile,
     identities_wanted,
     missing_uplinks,
     plan,
@@ -52,8 +54,6 @@ log = logging.getLogger(__name__)
 PARALLEL_DOMAINS = 5
 MAX_ROUNDS = 4  # a repair is park then attach: two rounds; more only while links churn
 BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
-# QEMU's answer to a second unplug request: the first one is still running.
-_UNPLUG_PENDING = "already in the process of unplug"
 
 
 @dataclass
@@ -130,6 +130,10 @@ def _where(nic: LiveNic, network: str | None) -> str:
     return f"{uplink} (pool network {network})" if network else uplink
 
 
+def new_run_token() -> str:
+    return os.urandom(16).hex()  # not uuid: it imports platform
+
+
 def read_boot_id() -> str:
     try:
         return BOOT_ID.read_text().strip()
@@ -151,6 +155,7 @@ class Engine:
         wall: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
         boot_id: Callable[[], str] = read_boot_id,
+        fresh_run: Callable[[], str] = new_run_token,
         identities: IdentitySource | None = None,
         hints: Sequence[Hint] = (),
         rules: tuple[UplinkRule, ...] = (),
@@ -164,10 +169,10 @@ class Engine:
         self.configured = frozenset(configured) if configured is not None else None
         self.detach_timeout = detach_timeout
         self.poll_interval = poll_interval
-        self.clock, self.wall, self.sleep = clock, wall, sleep
+        self.clock, self.wall, self.sleep, self.fresh_run = clock, wall, sleep, fresh_run
         self.boot_id = boot_id()
         self.records: dict[Key, ParkedNic] = {}
-        self.links_now = Links()  # the links of the latest snapshot
+        self.links_now = Links()  # the links of the snapshot this round plans from
         self.report = Report()
         # Domains whose metadata cannot be written: nothing of theirs is
         # detached (the second record must exist first), nor resynced again.
@@ -187,9 +192,10 @@ class Engine:
     # -- gathering the truth -------------------------------------------------
 
     def snapshot(self) -> Snapshot:
-        """The truth now. Our own records come from self.records: the state
-        file is read once per run (converge), as nothing else writes it
-        while we hold the lock."""
+        """The truth now, and what could not be read of it (the URIs that did
+        not answer). Our own records come from self.records: the state file
+        is read once per run (converge), as nothing else writes it while we
+        hold the lock."""
         stored = tuple(self.records.values())
         domains = []
         reachable: set[str] = set()
@@ -209,11 +215,9 @@ class Engine:
             networks |= {r.network for r in stored if r.network and r.domain.uri == uri}
             for net in sorted(n for n in networks if n):
                 pools[(uri, net)] = hv.pool_members(net)
-        self.report.unreachable = unreachable
         # Links last: a macvtap libvirt creates while we read the domains is
         # then seen, instead of its NIC looking dead.
         links = self.links.snapshot()
-        self.links_now = links
         snap = Snapshot(
             links,
             tuple(domains),
@@ -225,6 +229,9 @@ class Engine:
             vanished=vanished_identities(self.hints, links),
             observed=dict(self.observed),
             rules=self.rules,
+            now=self.wall(),
+            fresh_run=self.fresh_run(),
+            unreachable=tuple(unreachable),
         )
         return replace(snap, identities=self._read_identities(identities_wanted(snap), links))
 
@@ -295,6 +302,7 @@ class Engine:
     ) -> tuple[Plan, Snapshot]:
         for _ in range(MAX_ROUNDS):
             snap = self.snapshot()
+            self.links_now, self.report.unreachable = snap.links, list(snap.unreachable)
             todo = plan(snap, retry_stuck=retry_stuck, only=only, retry_failed=retry_failed)
             todo = todo.without(failed | self.flapped_twice, self.meta_failed)
             self.observed = dict(todo.observed)
@@ -396,36 +404,9 @@ class Engine:
 
     # -- parking -------------------------------------------------------------
 
-    def _record(self, p: Park, run: str, now: float) -> ParkedNic:
-        prev = p.previous
-        # A retried record keeps the XML first recorded: the live one may
-        # since carry the link-down we set on a stuck NIC.
-        return ParkedNic(
-            domain=p.domain,
-            mac=p.nic.mac,
-            uplink=p.nic.source_dev or "",  # the planner parks only NICs that name one
-            candidates=p.candidates,
-            mode=p.nic.mode,
-            network=p.nic.network,
-            xml=prev.xml if prev is not None and prev.state == "stuck" and prev.domain.id == p.domain.id else p.nic.xml,
-            state="detaching",
-            since=prev.since if prev else now,
-            attempts=prev.attempts if prev else 0,
-            last_error=None,
-            run=run,
-            boot=self.boot_id,
-            identity=p.identity,
-        )
-
     def _park(self, parks: Sequence[Park]) -> set[Key]:
-        now = self.wall()
-        runs: dict[tuple[str, str], str] = {}
         for p in parks:
-            runs.setdefault(
-                (p.domain.uri, p.domain.uuid), p.run or os.urandom(16).hex()
-            )  # not uuid: it imports platform
-        for p in parks:
-            self.records[nic_key(p.domain, p.nic.mac)] = self._record(p, runs[(p.domain.uri, p.domain.uuid)], now)
+            self.records[p.record.key] = p.record
         # Record first, in both stores, and only then detach.
         self.store.save(self.records.values())
         no_meta = self._sync_metadata({p.domain for p in parks})
@@ -482,8 +463,8 @@ class Engine:
                 )
                 failed.add(key)
             except HypervisorError as exc:
-                if _UNPLUG_PENDING in str(exc) or self._nic_gone(p):
-                    pending[key] = p  # an earlier, interrupted run's detach is under way or done
+                if self._nic_gone(p):
+                    pending[key] = p  # an earlier, interrupted run's detach is done
                     continue
                 self._mark_stuck(key, p, str(exc))
                 failed.add(key)
@@ -516,12 +497,10 @@ class Engine:
         self._sync_metadata({p.domain for p in parks})
         return failed
 
-    def _attach_one(self, rec: ParkedNic, dev: str | None) -> LiveNic:
+    def _attach_one(self, a: Attach) -> LiveNic:
+        rec = a.record
         hv = self.hypervisors[rec.domain.uri]
-        # libvirt picks a pool network's least used member, whether it
-        # exists or not: the missing ones are named so that it cannot.
-        absent = tuple(c for c in rec.candidates if c not in self.links_now) if rec.network else ()
-        hv.attach(rec.domain, nicxml.attach_xml(rec, dev), avoid=absent)
+        hv.attach(rec.domain, nicxml.attach_xml(rec, a.dev), avoid=a.avoid)
         nic = hv.live_nic(rec.domain, rec.mac)
         if nic is None:
             raise HypervisorError(operation="attach", reason="the NIC is not in the live XML afterwards")
@@ -562,8 +541,8 @@ class Engine:
             self.records[a.record.key] = a.record.evolve(attempts=a.record.attempts + 1)
         self.store.save(self.records.values())
         done: list[ParkedNic] = []
-        devs = {a.record.key: a.dev for a in attaches}
-        outcomes = per_domain([a.record for a in attaches], lambda rec: self._attach_one(rec, devs[rec.key]))
+        by_key = {a.record.key: a for a in attaches}
+        outcomes = per_domain([a.record for a in attaches], lambda rec: self._attach_one(by_key[rec.key]))
         # Read again only when something failed: an uplink that went away or was
         # re-created during the attach (a flap) is no failure of the NIC.
         after = self.links.snapshot() if any(isinstance(o, Exception) for o in outcomes.values()) else None
@@ -574,7 +553,7 @@ class Engine:
                 self.records.pop(rec.key, None)
                 log.info("domain %s stopped before its NIC %s could be re-attached", rec.domain.name, rec.mac)
             elif isinstance(outcome, HypervisorError | HypervisorUnavailable):
-                if after is not None and self._changed_meanwhile(a, after):
+                if after is not None and changed_meanwhile(a, self.links_now, after):
                     # Not the NIC's failure: it stays parked, waiting for its uplink.
                     # Tried once more in this convergence; after that the uplink's own
                     # events (it keeps changing) bring the next try.
@@ -583,7 +562,7 @@ class Engine:
                     log.warning(
                         "re-attach of %s on %s was cut short%s: the uplink changed meanwhile (%s)",
                         nic_label(rec.domain, rec.mac),
-                        a.dev or " or ".join(rec.candidates) or rec.uplink,
+                        " or ".join(a.names) or rec.uplink,
                         " again; its next event retries" if again else "",
                         outcome,
                     )
@@ -594,7 +573,7 @@ class Engine:
                 log.error(
                     "re-attach of %s on %s failed (attempt %d): %s",
                     nic_label(rec.domain, rec.mac),
-                    a.dev or " or ".join(rec.candidates) or rec.uplink,
+                    " or ".join(a.names) or rec.uplink,
                     self.records[rec.key].attempts,
                     outcome,
                     extra=messages.fields(messages.FAILED, rec.domain, rec.mac, rec.uplink),
@@ -618,17 +597,6 @@ class Engine:
         self._sync_metadata({r.domain for r in done})
         return failed
 
-    def _changed_meanwhile(self, a: Attach, after: Links) -> bool:
-        """Whether an interface the NIC could have been attached on vanished or
-        was re-created (another ifindex) since this round's snapshot."""
-        rec = a.record
-        names = (a.dev,) if a.dev else (rec.candidates or (rec.uplink,))
-        for name in names:
-            before, now = self.links_now.get(name), after.get(name)
-            if before is not None and (now is None or now.ifindex != before.ifindex):
-                return True
-        return False
-
     # -- bridge taps ---------------------------------------------------------
 
     def _enslave(self, todo: Sequence[Enslave]) -> set[Key]:
@@ -642,7 +610,7 @@ class Engine:
                     raise LinkError(operation="setting master", link=e.tap, reason="no netlink adapter", gone=False)
                 self.maker.put_on_bridge(e.tap, e.tap_index, e.bridge, e.bridge_index, e.settings)
             except LinkError as exc:
-                if self._bridge_changed_meanwhile(e):
+                if bridge_changed(e, self.links.snapshot()):
                     # The kernel refuses a master index that is gone (EINVAL): the
                     # bridge flapped after the snapshot. The next round sees the new one.
                     log.info("bridge %s changed while tap %s of %s was put on it; looking again", e.bridge, e.tap, nic)
@@ -658,12 +626,6 @@ class Engine:
             moved = f" (moved from {e.moved_from})" if e.moved_from else ""
             log.info("put tap %s of %s back on bridge %s%s", e.tap, nic, e.bridge, moved)
         return failed
-
-    def _bridge_changed_meanwhile(self, e: Enslave) -> bool:
-        if self.maker is None:
-            return False
-        bridge = self.links.snapshot().get(e.bridge)
-        return bridge is None or bridge.ifindex != e.bridge_index
 
 
 def _warn_renamed(rec: ParkedNic, a: Attach) -> None:

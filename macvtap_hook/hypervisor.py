@@ -33,7 +33,10 @@ class Hypervisor(Protocol):
     def pool_members(self, network: str) -> tuple[str, ...]: ...
     def live_nic(self, dom: DomainRef, mac: str) -> LiveNic | None: ...
     def write_metadata(self, dom: DomainRef, records: Sequence[ParkedNic]) -> None: ...
-    def request_detach(self, dom: DomainRef, nic: LiveNic) -> None: ...
+    def request_detach(self, dom: DomainRef, nic: LiveNic) -> None:
+        """Ask the guest to release the NIC (returning also when it is still
+        releasing it after an earlier request); the caller waits for it."""
+
     def attach(self, dom: DomainRef, xml: str, *, avoid: Sequence[str] = ()) -> None:
         """Attach a NIC live; a type='network' one never on a pool member in `avoid`."""
 
@@ -45,6 +48,8 @@ def _silence(_ctx: Any, _err: Any) -> None:
     """libvirt prints every error to stderr by default; ours are logged once."""
 
 
+# QEMU's answer to a second unplug request while the first one runs.
+UNPLUG_PENDING = "already in the process of unplug"
 _CONNECTION_ERRORS = ("VIR_ERR_NO_CONNECT", "VIR_ERR_SYSTEM_ERROR", "VIR_ERR_RPC", "VIR_ERR_AUTH_FAILED")
 
 
@@ -173,6 +178,8 @@ class LibvirtHypervisor:
             else:
                 target.detachDeviceFlags(nic.xml, lv.VIR_DOMAIN_AFFECT_LIVE)
         except lv.libvirtError as exc:
+            if UNPLUG_PENDING in (exc.get_error_message() or ""):
+                return  # an earlier request (an interrupted run's, a stuck NIC's) is still under way
             raise self._fail("detach", exc) from None
 
     def attach(self, dom: DomainRef, xml: str, *, avoid: Sequence[str] = ()) -> None:

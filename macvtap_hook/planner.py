@@ -48,18 +48,21 @@ class Snapshot:
     vanished: Mapping[str, UplinkIdentity] = field(default_factory=dict)
     observed: Mapping[Key, Observed] = field(default_factory=dict)
     rules: tuple[UplinkRule, ...] = ()
+    now: float = 0.0  # the wall clock when it was taken
+    unreachable: tuple[str, ...] = ()  # the URIs that did not answer (not in reachable)
+    # A new run token, for a domain whose live metadata holds none yet
+    # (see same_run); the engine makes it, as it reads the clock.
+    fresh_run: str = ""
 
 
 @dataclass(frozen=True)
 class Park:
     domain: DomainRef
     nic: LiveNic
-    candidates: tuple[str, ...]
+    record: ParkedNic  # what both stores hold before the detach is asked for
     reattach: bool  # a candidate exists: it goes straight back once detached
     previous: ParkedNic | None = None
-    run: str | None = None  # the domain run's token, if it has one yet
     up: tuple[str, ...] = ()  # the candidates that exist (another pool member than its own, maybe)
-    identity: UplinkIdentity | None = None  # of the uplink it sat on, if known
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,14 @@ class Attach:
     record: ParkedNic
     dev: str | None = None  # another interface, found to be the same uplink
     why: str = ""  # how dev was recognised
+    # The pool members that do not exist: libvirt picks a pool network's
+    # least used member whether it exists or not, so these are named to it.
+    avoid: tuple[str, ...] = ()
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The interfaces it may be attached on."""
+        return (self.dev,) if self.dev else self.record.candidates
 
 
 @dataclass(frozen=True)
@@ -220,8 +231,8 @@ def plan(
             if not in_scope(nic.source_dev, *cands):
                 continue
             up = tuple(c for c in cands if c in snap.links)
-            ident = _park_identity(key, nic, rec, snap)
-            park.append(Park(dom.ref, nic, cands, reattach=bool(up), previous=rec, run=dom.run, identity=ident, up=up))
+            record = _park_record(dom, nic, cands, rec, _park_identity(key, nic, rec, snap), snap)
+            park.append(Park(dom.ref, nic, record, reattach=bool(up), previous=rec, up=up))
 
     domains = {(d.ref.uri, d.ref.uuid): d for d in snap.domains}
     for key, found in list(records.items()):
@@ -253,7 +264,8 @@ def plan(
         elif not in_scope(rec.uplink, *cands) or (rec.last_error is not None and not retry_failed):
             waiting.append(rec)
         elif any(c in snap.links for c in cands):
-            attach.append(Attach(rec))
+            absent = tuple(c for c in cands if c not in snap.links) if rec.network else ()
+            attach.append(Attach(rec, avoid=absent))
         else:
             if rec.identity is None and rec.network is None and rec.uplink in snap.vanished:
                 # Parked before the uplink's own remove event told what it was.
@@ -294,6 +306,53 @@ def _renamed_lower(nic: LiveNic, links: Links) -> Link | None:
         return None
     lower = next((link for link in links.by_name.values() if link.ifindex == tap.parent), None)
     return lower if lower is not None and lower.name != nic.source_dev else None
+
+
+def _park_record(
+    dom: DomainView,
+    nic: LiveNic,
+    candidates: tuple[str, ...],
+    prev: ParkedNic | None,
+    identity: UplinkIdentity | None,
+    snap: Snapshot,
+) -> ParkedNic:
+    """The record written before a NIC is detached. A retried one keeps its
+    time, its attempts and, in the same run of the domain, the XML first
+    recorded: the live one may since carry the link-down set on a stuck NIC."""
+    keep_xml = prev is not None and prev.state == "stuck" and prev.domain.id == dom.ref.id
+    return ParkedNic(
+        domain=dom.ref,
+        mac=nic.mac,
+        uplink=nic.source_dev or "",  # only NICs that name one are parked
+        candidates=candidates,
+        mode=nic.mode,
+        network=nic.network,
+        xml=prev.xml if keep_xml and prev is not None else nic.xml,
+        state="detaching",
+        since=prev.since if prev else snap.now,
+        attempts=prev.attempts if prev else 0,
+        run=dom.run or snap.fresh_run,
+        boot=snap.boot_id,
+        identity=identity,
+    )
+
+
+def changed_meanwhile(attach: Attach, before: Links, after: Links) -> bool:
+    """Whether an interface the NIC could have been attached on vanished or
+    was re-created (another ifindex) between two snapshots: its failed
+    attach was cut short by a flap, no failure of the NIC."""
+    for name in attach.names:
+        was, now = before.get(name), after.get(name)
+        if was is not None and (now is None or now.ifindex != was.ifindex):
+            return True
+    return False
+
+
+def bridge_changed(e: Enslave, after: Links) -> bool:
+    """Whether the bridge a tap was to be put on vanished or was re-created
+    since the plan (the kernel refuses a master index that is gone)."""
+    bridge = after.get(e.bridge)
+    return bridge is None or bridge.ifindex != e.bridge_index
 
 
 def _park_identity(key: Key, nic: LiveNic, rec: ParkedNic | None, snap: Snapshot) -> UplinkIdentity | None:

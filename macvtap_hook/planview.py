@@ -33,7 +33,7 @@ def _park(todo: Plan) -> Iterable[str]:
                 "(detach, then re-attach)"
             )
         else:
-            waits = " or ".join(p.candidates) or "its uplink"
+            waits = " or ".join(p.record.candidates) or "its uplink"
             yield f"park: {nic_label(p.domain, p.nic.mac)}: uplink {uplink} is gone (detach, then wait for {waits})"
 
 

@@ -161,7 +161,7 @@ def build_view(
         engine = reading_engine(cfg, hypervisors, links, store)
         engine.prime(records)
         snap = engine.snapshot()
-        for uri in engine.report.unreachable:
+        for uri in snap.unreachable:
             view.unreachable.setdefault(uri, f"libvirt {uri} did not answer")
         if snap.reachable:
             view.from_libvirt = True

@@ -245,7 +245,7 @@ class FakeHypervisor:
             raise HypervisorError(operation="detach", reason=f"no device matching MAC {nic.mac}")
         alias = iface.find("alias").get("name", "")  # type: ignore[union-attr]
         if alias in guest.pending:
-            raise HypervisorError(operation="detach", reason="device is already being unplugged")
+            return  # still being unplugged (QEMU refuses a second request; the adapter waits on)
         if guest.releases:
             guest.pending[alias] = guest.release_after
         self._progress()

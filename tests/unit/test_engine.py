@@ -153,6 +153,21 @@ def test_stuck_guest_that_releases_later_gets_its_nic_back(world: World) -> None
     assert world.alive(UUID1, MAC1) and world.store.load() == ()
 
 
+def test_a_retry_while_the_first_unplug_is_still_under_way_waits_for_it(world: World) -> None:
+    """QEMU refuses a second unplug request while the first runs; the adapter
+    takes that refusal for "under way", so the retry waits instead of
+    calling the NIC stuck again."""
+    world.hv.start("vm1", UUID1, [direct_nic(MAC1, "up0")])
+    guest = world.hv.guests[UUID1]
+    guest.release_after = 10_000
+    world.links.delete("up0")
+    assert world.converge().stuck == 1
+    guest.pending = dict.fromkeys(guest.pending, 5)  # it answers a few polls into the retry
+    report = world.converge(retry_stuck=True)
+    assert (report.parked, report.stuck) == (1, 0)
+    assert [r.state for r in world.store.load()] == ["parked"]
+
+
 def test_reconcile_retries_a_stuck_nic_which_comes_back_with_its_own_link_state(world: World) -> None:
     world.hv.start("vm1", UUID1, [direct_nic(MAC1, "up0")])
     guest = world.hv.guests[UUID1]
