@@ -26,14 +26,17 @@ def _sight(cfg: Config) -> dict[str, Any]:
     """What every engine sees the truth with."""
     from macvtap_hook.udevdb import UdevIdentities
 
-    return {"configured": cfg.uris, "identities": UdevIdentities(), "rules": cfg.uplink_rules}
+    return {
+        "configured": cfg.uris, "identities": UdevIdentities(), "rules": cfg.uplink_rules, "stacked": cfg.stacked,
+    }  # fmt: skip
 
 
 def reading_engine(
     cfg: Config, hypervisors: Sequence[Hypervisor], links: LinkSource, store: StateStore | None = None
 ) -> Engine:
-    """An engine that sees what a run's sees but has nothing to act with
-    (no hints, no uplink hooks, no link maker): for a dry run and `status`."""
+    """An engine that sees what a run's sees (the [[stacked]] links it would
+    create among it) but has nothing to act with (no hints, no uplink hooks,
+    no link maker): for a dry run and `status`."""
     return Engine(hypervisors, links, store or StateStore(cfg.state_file), **_sight(cfg))
 
 
@@ -49,7 +52,6 @@ def acting_engine(cfg: Config, hypervisors: Sequence[Hypervisor], hints: Sequenc
         detach_timeout=cfg.detach_timeout,
         hints=hints,
         hooks=UplinkHooks(cfg.uplink_hooks_dir, cfg.uplink_hook_timeout),
-        stacked=cfg.stacked,
         maker=NetlinkLinks(),  # pyroute2 is imported only when a link is to be made
         **_sight(cfg),
     )

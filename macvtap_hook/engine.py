@@ -34,7 +34,6 @@ from macvtap_hook.planner import (
     bridge_changed,
     changed_meanwhile,
     identities_wanted,
-    missing_uplinks,
     plan,
 )
 from macvtap_hook.state import StateStore
@@ -52,7 +51,7 @@ log = logging.getLogger(__name__)
 # Domains attached to at once: libvirtd serves 5 calls of one client at a
 # time by default (max_client_requests), so more would only queue there.
 PARALLEL_DOMAINS = 5
-MAX_ROUNDS = 4  # a repair is park then attach: two rounds; more only while links churn
+MAX_ROUNDS = 6  # park, then attach (a link created or a hook run between): 2-3 rounds; more while links churn
 BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 
 
@@ -184,6 +183,7 @@ class Engine:
         self.stacked = stacked
         self.maker = maker
         self.observed: dict[Key, Observed] = {}
+        self.tried_links: set[str] = set()  # [[stacked]] links created and interfaces hooked, once per run
         # NICs whose uplink changed during their attach, once and twice
         self.flapped: set[Key] = set()
         self.flapped_twice: set[Key] = set()
@@ -230,6 +230,8 @@ class Engine:
             observed=dict(self.observed),
             rules=self.rules,
             now=self.wall(),
+            stacked=self.stacked,
+            appeared=tuple(h.iface for h in self.hints if h.action == "add" and h.iface) if self.hooks else (),
             fresh_run=self.fresh_run(),
             unreachable=tuple(unreachable),
         )
@@ -274,8 +276,6 @@ class Engine:
         failed = set() if failed is None else failed
         known = self.prime(self.store.load())
         todo, snap = self._rounds(failed, retry_stuck, only, retry_failed)
-        if self._recreate_uplinks(todo, snap.links):
-            todo, snap = self._rounds(failed, False, only, retry_failed)
         for rec, names in todo.ambiguous:
             log.warning(
                 "%s waits for %s: %s all look like it, so none is used", nic_label(rec.domain, rec.mac), rec.uplink,
@@ -304,7 +304,7 @@ class Engine:
             snap = self.snapshot()
             self.links_now, self.report.unreachable = snap.links, list(snap.unreachable)
             todo = plan(snap, retry_stuck=retry_stuck, only=only, retry_failed=retry_failed)
-            todo = todo.without(failed | self.flapped_twice, self.meta_failed)
+            todo = todo.without(failed | self.flapped_twice, self.meta_failed, self.tried_links)
             self.observed = dict(todo.observed)
             if todo.empty:
                 self.report.final = snap
@@ -316,38 +316,6 @@ class Engine:
             self.report.settled = False
             log.warning("links kept changing for %d rounds; the next event or reconcile finishes the work", MAX_ROUNDS)
         return todo, snap
-
-    def _recreate_uplinks(self, todo: Plan, links: Links) -> bool:
-        """Create the missing uplinks that config.toml declares, on each
-        parent that exists: every run, as the event of a parent's return may
-        have been missed, and a declared link is the administrator's word.
-        Then let the administrator's hooks re-create the others, on each
-        interface that appeared. True if anything was done (then look again)."""
-        missing = missing_uplinks(todo, links)
-        if not missing:
-            return False
-        done = False
-        for spec in self.stacked:
-            parent = links.get(spec.parent)
-            if spec.name not in missing or parent is None or parent.kind == "macvtap" or self.maker is None:
-                continue
-            try:
-                self.maker.create(spec, parent.ifindex)
-            except OSError as exc:
-                log.warning("could not create %s %s on %s: %s", spec.kind, spec.name, spec.parent, exc)
-                continue
-            log.info("created %s %s on %s: parked NICs wait for it", spec.kind, spec.name, spec.parent)
-            missing = tuple(m for m in missing if m != spec.name)
-            done = True
-        if self.hooks is None or not missing:
-            return done
-        appeared = sorted({h.iface for h in self.hints if h.action == "add" and h.iface and h.iface in links})
-        for iface in appeared:
-            link = links.get(iface)
-            if link is None or iface in missing or link.kind == "macvtap":
-                continue
-            done = self.hooks.run(iface, missing) > 0 or done
-        return done
 
     def execute(self, todo: Plan) -> set[Key]:
         """Carry out one plan; returns the NICs that failed in this round."""
@@ -367,7 +335,25 @@ class Engine:
             failed |= self._attach(todo.attach)
         if todo.enslave:
             failed |= self._enslave(todo.enslave)
+        for spec in todo.create:
+            self._create(spec)
+        for h in todo.hooks:
+            self.tried_links.add(h.iface)
+            if self.hooks is not None:
+                self.hooks.run(h.iface, h.waiting)
         return failed
+
+    def _create(self, spec: StackedUplink) -> None:
+        self.tried_links.add(spec.name)
+        parent = self.links_now.get(spec.parent)
+        if parent is None or self.maker is None:
+            return
+        try:
+            self.maker.create(spec, parent.ifindex)
+        except OSError as exc:
+            log.warning("could not create %s %s on %s: %s", spec.kind, spec.name, spec.parent, exc)
+            return
+        log.info("created %s %s on %s: parked NICs wait for it", spec.kind, spec.name, spec.parent)
 
     def _forget(self, f: Forget, touched: dict[tuple[str, str], DomainRef]) -> None:
         rec = f.record

@@ -8,11 +8,11 @@ late or missed events converge to the same end state.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Set
+from collections.abc import Iterable, Mapping, Set
 from dataclasses import dataclass, field
 
 from macvtap_hook.bridgeports import Enslave, plan_ports
-from macvtap_hook.identity import UplinkIdentity, UplinkRule
+from macvtap_hook.identity import StackedUplink, UplinkIdentity, UplinkRule
 from macvtap_hook.model import DomainRef, DomainView, Link, Links, LiveNic, ParkedNic, nic_key
 
 Key = tuple[str, str, str]
@@ -50,6 +50,10 @@ class Snapshot:
     rules: tuple[UplinkRule, ...] = ()
     now: float = 0.0  # the wall clock when it was taken
     unreachable: tuple[str, ...] = ()  # the URIs that did not answer (not in reachable)
+    stacked: tuple[StackedUplink, ...] = ()  # config.toml's [[stacked]] links
+    # The interfaces this run was told appeared (udev add), for the uplink
+    # hooks; empty when there are none to run.
+    appeared: tuple[str, ...] = ()
     # A new run token, for a domain whose live metadata holds none yet
     # (see same_run); the engine makes it, as it reads the clock.
     fresh_run: str = ""
@@ -81,6 +85,15 @@ class Attach:
 
 
 @dataclass(frozen=True)
+class RunHooks:
+    """Run the administrator's uplink hooks for `iface`, which appeared,
+    while parked NICs wait for the missing interfaces `waiting`."""
+
+    iface: str
+    waiting: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Forget:
     record: ParkedNic
     reason: str
@@ -96,15 +109,18 @@ class Plan:
     observed: Mapping[Key, Observed] = field(default_factory=dict)  # what the state keeps of renamed uplinks
     ambiguous: tuple[tuple[ParkedNic, tuple[str, ...]], ...] = ()  # several interfaces look like its uplink
     enslave: tuple[Enslave, ...] = ()  # bridge taps to put back on their bridge
+    create: tuple[StackedUplink, ...] = ()  # declared links parked NICs wait for, on a present parent
+    hooks: tuple[RunHooks, ...] = ()
 
     @property
     def empty(self) -> bool:
-        return not (self.forget or self.resync or self.park or self.attach or self.enslave)
+        return not (self.forget or self.resync or self.park or self.attach or self.enslave or self.create or self.hooks)
 
-    def without(self, failed: Set[Key], no_metadata: Set[tuple[str, str]]) -> Plan:
+    def without(self, failed: Set[Key], no_metadata: Set[tuple[str, str]], tried: Set[str] = frozenset()) -> Plan:
         """This plan less what already failed in this run (tried again on the
-        next event, not in a loop) and the resyncs of domains whose metadata
-        cannot be written."""
+        next event, not in a loop), the resyncs of domains whose metadata
+        cannot be written, and the links already created or hooked (`tried`,
+        by name: once per run)."""
         return Plan(
             forget=self.forget,
             resync=tuple(r for r in self.resync if (r.domain.uri, r.domain.uuid) not in no_metadata),
@@ -114,6 +130,8 @@ class Plan:
             observed=self.observed,
             ambiguous=self.ambiguous,
             enslave=tuple(e for e in self.enslave if nic_key(e.domain, e.mac) not in failed),
+            create=tuple(s for s in self.create if s.name not in tried),
+            hooks=tuple(h for h in self.hooks if h.iface not in tried),
         )
 
 
@@ -280,6 +298,7 @@ def plan(
                     ambiguous.append((rec, tuple(name for name, _ in alike)))
                 waiting.append(rec)
 
+    create, hooks = _link_actions(snap, waiting)
     forgotten = {f.record.key for f in forget}
     parked = {nic_key(p.domain, p.nic.mac) for p in park}
     # What was seen of a URI that could not be read now is kept as it is.
@@ -293,7 +312,30 @@ def plan(
         observed=observed,
         ambiguous=tuple(ambiguous),
         enslave=plan_ports(snap.domains, snap.links, only),
+        create=create,
+        hooks=hooks,
     )
+
+
+def _link_actions(snap: Snapshot, waiting: list[ParkedNic]) -> tuple[tuple[StackedUplink, ...], tuple[RunHooks, ...]]:
+    """For the interfaces parked NICs wait for that do not exist: the
+    declared [[stacked]] ones whose parent exists are created (every run: the
+    parent's own event may have been missed, and a declared link is the
+    administrator's word); for the rest, the hooks run on each interface that
+    appeared."""
+    missing = missing_uplinks(waiting, snap.links)
+    create = []
+    for spec in snap.stacked:
+        parent = snap.links.get(spec.parent)
+        if spec.name in missing and parent is not None and parent.kind != "macvtap":
+            create.append(spec)
+    rest = tuple(m for m in missing if m not in {s.name for s in create})
+    hooks = []
+    for iface in sorted(set(snap.appeared)) if rest else ():
+        link = snap.links.get(iface)
+        if link is not None and iface not in missing and link.kind != "macvtap":
+            hooks.append(RunHooks(iface, rest))
+    return tuple(create), tuple(hooks)
 
 
 def _renamed_lower(nic: LiveNic, links: Links) -> Link | None:
@@ -427,7 +469,7 @@ def same_uplink(rec: ParkedNic, snap: Snapshot) -> list[tuple[str, str]]:
     return by_rank[min(by_rank)] if by_rank else []
 
 
-def missing_uplinks(todo: Plan, links: Links) -> tuple[str, ...]:
-    """The uplinks parked NICs wait for that do not exist (for uplink hooks)."""
-    names = {c for rec in todo.waiting if rec.state == "parked" for c in rec.candidates if c not in links}
+def missing_uplinks(waiting: Iterable[ParkedNic], links: Links) -> tuple[str, ...]:
+    """The uplinks parked NICs wait for that do not exist."""
+    names = {c for rec in waiting if rec.state == "parked" for c in rec.candidates if c not in links}
     return tuple(sorted(names))

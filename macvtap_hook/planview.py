@@ -55,6 +55,16 @@ def _enslave(todo: Plan) -> Iterable[str]:
         yield f"put back: tap {e.tap} of {nic_label(e.domain, e.mac)} on bridge {e.bridge}{moved}"
 
 
+def _create(todo: Plan) -> Iterable[str]:
+    for spec in todo.create:
+        yield f"create: {spec.kind} {spec.name} on {spec.parent} ([[stacked]] in config.toml): parked NICs wait for it"
+
+
+def _hooks(todo: Plan) -> Iterable[str]:
+    for h in todo.hooks:
+        yield f"run uplink hooks: for {h.iface}, which appeared (parked NICs wait for {' or '.join(h.waiting)})"
+
+
 def _waiting(todo: Plan) -> Iterable[str]:
     for rec in todo.waiting:
         if rec.state == "stuck":
@@ -71,7 +81,7 @@ def _ambiguous(todo: Plan) -> Iterable[str]:
 
 Describer = Callable[[Plan], Iterable[str]]
 # In the order the engine carries the actions out.
-DESCRIBERS: list[Describer] = [_forget, _resync, _park, _attach, _enslave, _waiting, _ambiguous]
+DESCRIBERS: list[Describer] = [_forget, _resync, _park, _attach, _enslave, _create, _hooks, _waiting, _ambiguous]
 
 
 def describe(todo: Plan) -> list[str]:

@@ -6,8 +6,10 @@ from __future__ import annotations
 from dataclasses import replace
 
 from macvtap_hook.bridgeports import Enslave
+from macvtap_hook.identity import StackedUplink
 from macvtap_hook.model import DomainRef, DomainView, Link, Links, LiveNic, ParkedNic, PortSettings
-from macvtap_hook.planner import Attach, Snapshot, bridge_changed, changed_meanwhile, plan
+from macvtap_hook.planner import Attach, RunHooks, Snapshot, bridge_changed, changed_meanwhile, plan
+from macvtap_hook.planview import describe
 from tests.fakes import MAC1, UUID1
 
 URI = "qemu:///system"
@@ -73,3 +75,35 @@ def test_a_bridge_that_changed_since_the_plan() -> None:
     assert not bridge_changed(e, Links.of(Link("br0", 10, kind="bridge")))
     assert bridge_changed(e, Links.of(Link("br0", 11, kind="bridge")))
     assert bridge_changed(e, Links())
+
+
+def waiting_for(*names: str) -> tuple[ParkedNic, DomainView]:
+    rec = ParkedNic(REF, MAC1, names[0], names, "bridge", FIRST_XML, state="parked", run="t-old", boot="b1")
+    return rec, DomainView(REF, parked=(rec,), all_macs=frozenset(), run="t-old")
+
+
+VLAN = StackedUplink("lan.42", "lan", "vlan", vlan_id=42)
+
+
+def test_a_declared_link_is_created_when_its_parent_exists_and_a_nic_waits_for_it() -> None:
+    rec, dom = waiting_for("lan.42")
+    base = {"reachable": frozenset({URI}), "boot_id": "b1", "stacked": (VLAN,)}
+    todo = plan(Snapshot(Links.of(Link("lan", 5)), (dom,), (rec,), **base))  # type: ignore[arg-type]
+    assert (todo.create, todo.hooks, todo.empty) == ((VLAN,), (), False)
+    assert describe(todo)[:1] == ["create: vlan lan.42 on lan ([[stacked]] in config.toml): parked NICs wait for it"], (
+        "the dry run says so"
+    )
+    assert todo.without(set(), set(), {"lan.42"}).empty, "once per run"
+    for links in (Links(), Links.of(Link("lan", 5, kind="macvtap"))):
+        assert plan(Snapshot(links, (dom,), (rec,), **base)).create == (), "no parent to put it on"  # type: ignore[arg-type]
+
+
+def test_the_hooks_run_on_what_appeared_for_what_no_declaration_makes() -> None:
+    rec, dom = waiting_for("lan.42", "wan0")
+    links = Links.of(Link("lan", 5), Link("eth9", 6), Link("macvtap7", 7, kind="macvtap"))
+    snap = Snapshot(links, (dom,), (rec,), reachable=frozenset({URI}), boot_id="b1", stacked=(VLAN,),
+                    appeared=("eth9", "macvtap7", "gone0", "eth9"))  # fmt: skip
+    todo = plan(snap)
+    assert todo.hooks == (RunHooks("eth9", ("wan0",)),), "once per interface that exists and is no macvtap"
+    assert plan(replace(snap, stacked=())).hooks == (RunHooks("eth9", ("lan.42", "wan0")),)
+    assert plan(replace(snap, appeared=())).hooks == (), "no interface appeared"
