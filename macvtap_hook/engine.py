@@ -391,70 +391,54 @@ class Engine:
     # -- parking -------------------------------------------------------------
 
     def _park(self, parks: Sequence[Park]) -> set[Key]:
+        """Record (state file, then the domain's metadata), ask each guest to
+        release its NIC, wait for them together; returns the NICs that failed."""
         for p in parks:
             self.records[p.record.key] = p.record
-        # Record first, in both stores, and only then detach.
         self.store.save(self.records.values())
         no_meta = self._sync_metadata({p.domain for p in parks})
-
-        pending: dict[Key, Park] = {}
         failed: set[Key] = set()
+        pending: dict[Key, Park] = {}
         for p in parks:
-            key = nic_key(p.domain, p.nic.mac)
-            uplink = p.nic.source_dev or p.nic.network
             if (p.domain.uri, p.domain.uuid) in no_meta:
-                log.error(
-                    "not detaching %s: its record could not be written to the domain",
-                    nic_label(p.domain, p.nic.mac),
-                    extra=messages.fields(messages.FAILED, p.domain, p.nic.mac, uplink),
+                _log_nic(
+                    logging.ERROR, messages.FAILED, p, "not detaching %s: its record could not be written to the domain"
                 )
-                failed.add(key)
-                continue
-            if p.reattach and p.nic.source_dev in p.up:
-                log.info(
-                    "repairing %s: its macvtap died although uplink %s is back",
-                    nic_label(p.domain, p.nic.mac),
-                    uplink,
-                    extra=messages.fields(messages.REPAIRED, p.domain, p.nic.mac, uplink),
-                )
-            elif p.reattach:
-                log.info(
-                    "parking %s: uplink %s is gone; it goes straight back on pool network %s (%s up)",
-                    nic_label(p.domain, p.nic.mac),
-                    uplink,
-                    p.nic.network,
-                    " and ".join(p.up),
-                    extra=messages.fields(messages.PARKED, p.domain, p.nic.mac, uplink),
-                )
-            else:
-                log.info(
-                    "parking %s: uplink %s is gone",
-                    nic_label(p.domain, p.nic.mac),
-                    uplink,
-                    extra=messages.fields(messages.PARKING, p.domain, p.nic.mac, uplink),
-                )
-            try:
-                self.hypervisors[p.domain.uri].request_detach(p.domain, p.nic)
-                pending[key] = p
-            except DomainGone:
-                self.records.pop(key, None)
-                log.info("domain %s stopped while its NIC %s was being parked", p.domain.name, p.nic.mac)
-            except HypervisorUnavailable as exc:
-                # Not the guest's fault: stays 'detaching' for the next run.
-                log.error(
-                    "could not park %s: %s",
-                    nic_label(p.domain, p.nic.mac),
-                    exc,
-                    extra=messages.fields(messages.FAILED, p.domain, p.nic.mac, uplink),
-                )
-                failed.add(key)
-            except HypervisorError as exc:
-                if self._nic_gone(p):
-                    pending[key] = p  # an earlier, interrupted run's detach is done
-                    continue
-                self._mark_stuck(key, p, str(exc))
-                failed.add(key)
+                failed.add(p.record.key)
+            elif self._ask_release(p):
+                pending[p.record.key] = p
+            elif p.record.key in self.records:
+                failed.add(p.record.key)
+        failed |= self._await_release(pending)
+        self.store.save(self.records.values())
+        self._sync_metadata({p.domain for p in parks})
+        return failed
 
+    def _ask_release(self, p: Park) -> bool:
+        """Ask the guest to release the NIC; True when the caller is to wait
+        for it. A domain that stopped drops the record; a libvirt that went
+        away leaves it 'detaching' for the next run (not the guest's fault);
+        a refusal makes the NIC stuck."""
+        _announce(p)
+        key = p.record.key
+        try:
+            self.hypervisors[p.domain.uri].request_detach(p.domain, p.nic)
+            return True
+        except DomainGone:
+            self.records.pop(key, None)
+            log.info("domain %s stopped while its NIC %s was being parked", p.domain.name, p.nic.mac)
+        except HypervisorUnavailable as exc:
+            _log_nic(logging.ERROR, messages.FAILED, p, "could not park %s: %s", exc)
+        except HypervisorError as exc:
+            if self._nic_gone(p):
+                return True  # an earlier, interrupted run's detach is done
+            self._mark_stuck(key, p, str(exc))
+        return False
+
+    def _await_release(self, pending: dict[Key, Park]) -> set[Key]:
+        """Wait, up to the detach timeout, for the NICs to leave the live XML;
+        those that did are parked, the others stuck. Returns the failed ones."""
+        failed: set[Key] = set()
         deadline = self.clock() + self.detach_timeout
         while pending:
             for key, p in list(pending.items()):
@@ -464,24 +448,25 @@ class Engine:
                     failed.add(key)
                 elif gone:
                     del pending[key]
-                    if key in self.records:
-                        self.records[key] = self.records[key].evolve(state="parked")
-                        self.report.parked += 1
-                        log.info(
-                            "parked %s: detached, waiting for %s",
-                            nic_label(p.domain, p.nic.mac),
-                            self.records[key].waits_for or "its uplink",
-                            extra=messages.fields(messages.PARKED, p.domain, p.nic.mac, p.nic.source_dev),
-                        )
+                    self._parked(key, p)
             if not pending or self.clock() >= deadline:
                 break
             self.sleep(self.poll_interval)
         for key, p in pending.items():
             self._mark_stuck(key, p, f"the guest did not release the NIC within {self.detach_timeout:g} s")
             failed.add(key)
-        self.store.save(self.records.values())
-        self._sync_metadata({p.domain for p in parks})
         return failed
+
+    def _parked(self, key: Key, p: Park) -> None:
+        rec = self.records.get(key)
+        if rec is None:
+            return
+        self.records[key] = rec.evolve(state="parked")
+        self.report.parked += 1
+        log.info(
+            "parked %s: detached, waiting for %s", nic_label(p.domain, p.nic.mac), rec.waits_for or "its uplink",
+            extra=messages.fields(messages.PARKED, p.domain, p.nic.mac, p.nic.source_dev),
+        )  # fmt: skip
 
     def _attach_one(self, a: Attach) -> LiveNic:
         rec = a.record
@@ -522,66 +507,71 @@ class Engine:
     # -- re-attaching --------------------------------------------------------
 
     def _attach(self, attaches: Sequence[Attach]) -> set[Key]:
-        failed: set[Key] = set()
+        """Count the attempt, attach (domains at once), and forget each record
+        only once its NIC is in the live XML; returns the NICs that failed."""
         for a in attaches:
             self.records[a.record.key] = a.record.evolve(attempts=a.record.attempts + 1)
         self.store.save(self.records.values())
-        done: list[ParkedNic] = []
         by_key = {a.record.key: a for a in attaches}
         outcomes = per_domain([a.record for a in attaches], lambda rec: self._attach_one(by_key[rec.key]))
         # Read again only when something failed: an uplink that went away or was
         # re-created during the attach (a flap) is no failure of the NIC.
         after = self.links.snapshot() if any(isinstance(o, Exception) for o in outcomes.values()) else None
+        failed: set[Key] = set()
+        done: list[ParkedNic] = []
         for a in attaches:
-            rec = a.record
-            outcome = outcomes[rec.key]
+            outcome = outcomes[a.record.key]
             if isinstance(outcome, DomainGone):
-                self.records.pop(rec.key, None)
-                log.info("domain %s stopped before its NIC %s could be re-attached", rec.domain.name, rec.mac)
+                self.records.pop(a.record.key, None)
+                log.info("domain %s stopped before its NIC %s could be re-attached", a.record.domain.name, a.record.mac)
             elif isinstance(outcome, HypervisorError | HypervisorUnavailable):
                 if after is not None and changed_meanwhile(a, self.links_now, after):
-                    # Not the NIC's failure: it stays parked, waiting for its uplink.
-                    # Tried once more in this convergence; after that the uplink's own
-                    # events (it keeps changing) bring the next try.
-                    again = rec.key in self.flapped
-                    (self.flapped_twice if again else self.flapped).add(rec.key)
-                    log.warning(
-                        "re-attach of %s on %s was cut short%s: the uplink changed meanwhile (%s)",
-                        nic_label(rec.domain, rec.mac),
-                        " or ".join(a.names) or rec.uplink,
-                        " again; its next event retries" if again else "",
-                        outcome,
-                    )
-                    continue
-                self.records[rec.key] = self.records[rec.key].evolve(last_error=str(outcome))
-                self.report.failed += 1
-                failed.add(rec.key)
-                log.error(
-                    "re-attach of %s on %s failed (attempt %d): %s",
-                    nic_label(rec.domain, rec.mac),
-                    " or ".join(a.names) or rec.uplink,
-                    self.records[rec.key].attempts,
-                    outcome,
-                    extra=messages.fields(messages.FAILED, rec.domain, rec.mac, rec.uplink),
-                )
+                    self._cut_short(a, outcome)
+                else:
+                    self._attach_failed(a, outcome)
+                    failed.add(a.record.key)
             elif isinstance(outcome, MacvtapHookError):
                 raise outcome
             else:
-                done.append(rec)
-                self.records.pop(rec.key, None)
-                self.report.attached += 1
-                log.info(
-                    "re-attached %s on %s",
-                    nic_label(rec.domain, rec.mac),
-                    _where(outcome, rec.network),
-                    extra=messages.fields(messages.REATTACHED, rec.domain, rec.mac, outcome.source_dev or rec.uplink),
-                )
-                if a.dev:
-                    _warn_renamed(rec, a)
-        # Forgotten only now that the attach is confirmed.
+                self._attached(a, outcome)
+                done.append(a.record)
         self.store.save(self.records.values())
         self._sync_metadata({r.domain for r in done})
         return failed
+
+    def _cut_short(self, a: Attach, why: Exception) -> None:
+        """Not the NIC's failure: it stays parked, waiting for its uplink.
+        Tried once more in this convergence; after that the uplink's own
+        events (it keeps changing) bring the next try."""
+        rec = a.record
+        again = rec.key in self.flapped
+        (self.flapped_twice if again else self.flapped).add(rec.key)
+        log.warning(
+            "re-attach of %s on %s was cut short%s: the uplink changed meanwhile (%s)",
+            nic_label(rec.domain, rec.mac), " or ".join(a.names) or rec.uplink,
+            " again; its next event retries" if again else "", why,
+        )  # fmt: skip
+
+    def _attach_failed(self, a: Attach, why: Exception) -> None:
+        rec = self.records[a.record.key] = self.records[a.record.key].evolve(last_error=str(why))
+        self.report.failed += 1
+        log.error(
+            "re-attach of %s on %s failed (attempt %d): %s",
+            nic_label(rec.domain, rec.mac), " or ".join(a.names) or rec.uplink, rec.attempts, why,
+            extra=messages.fields(messages.FAILED, rec.domain, rec.mac, rec.uplink),
+        )  # fmt: skip
+
+    def _attached(self, a: Attach, nic: LiveNic) -> None:
+        """Confirmed in the live XML: forgotten now (saved by the caller)."""
+        rec = a.record
+        self.records.pop(rec.key, None)
+        self.report.attached += 1
+        log.info(
+            "re-attached %s on %s", nic_label(rec.domain, rec.mac), _where(nic, rec.network),
+            extra=messages.fields(messages.REATTACHED, rec.domain, rec.mac, nic.source_dev or rec.uplink),
+        )  # fmt: skip
+        if a.dev:
+            _warn_renamed(rec, a)
 
     # -- bridge taps ---------------------------------------------------------
 
@@ -612,6 +602,34 @@ class Engine:
             moved = f" (moved from {e.moved_from})" if e.moved_from else ""
             log.info("put tap %s of %s back on bridge %s%s", e.tap, nic, e.bridge, moved)
         return failed
+
+
+def _announce(p: Park) -> None:
+    """Say why a NIC is about to be detached."""
+    if p.reattach and p.nic.source_dev in p.up:
+        _log_nic(
+            logging.INFO, messages.REPAIRED, p, "repairing %s: its macvtap died although uplink %s is back", _uplink(p)
+        )
+    elif p.reattach:
+        _log_nic(
+            logging.INFO, messages.PARKED, p,
+            "parking %s: uplink %s is gone; it goes straight back on pool network %s (%s up)",
+            _uplink(p), p.nic.network, " and ".join(p.up),
+        )  # fmt: skip
+    else:
+        _log_nic(logging.INFO, messages.PARKING, p, "parking %s: uplink %s is gone", _uplink(p))
+
+
+def _uplink(p: Park) -> str | None:
+    return p.nic.source_dev or p.nic.network
+
+
+def _log_nic(level: int, message_id: str, p: Park, text: str, *args: object) -> None:
+    """A line about a NIC being parked: its label first, its journal fields."""
+    log.log(
+        level, text, nic_label(p.domain, p.nic.mac), *args,
+        extra=messages.fields(message_id, p.domain, p.nic.mac, _uplink(p)),
+    )  # fmt: skip
 
 
 def _warn_renamed(rec: ParkedNic, a: Attach) -> None:
