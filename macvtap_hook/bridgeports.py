@@ -22,7 +22,7 @@ _MOVABLE_FROM = (None, "bridge")
 
 
 @dataclass(frozen=True)
-class Enslave:
+class PutBack:
     """Put tap `tap` of a running domain on `bridge` with `settings`."""
 
     domain: DomainRef
@@ -76,13 +76,13 @@ def port_state(nic: BridgeNic, links: Links) -> PortState:
     return "on bridge" if tap.master == bridge.ifindex else "off bridge"
 
 
-def plan_ports(domains: Sequence[DomainView], links: Links, only: frozenset[str] | None = None) -> tuple[Enslave, ...]:
+def plan_ports(domains: Sequence[DomainView], links: Links, only: frozenset[str] | None = None) -> tuple[PutBack, ...]:
     """Every running domain's bridge NIC whose tap exists but is not on the
     bridge its live XML names, while that bridge exists. A paused or
     starting domain (libvirt may be putting its taps on bridges right now)
     is left alone, and so is a tap on an openvswitch or other non-bridge
     master. `only` (reconcile IFACE...) limits it to those bridges."""
-    todo: list[Enslave] = []
+    todo: list[PutBack] = []
     for dom in domains:
         if not dom.running:
             continue
@@ -108,7 +108,7 @@ def plan_ports(domains: Sequence[DomainView], links: Links, only: frozenset[str]
                 vlans=vlan_entries(nic),
             )
             todo.append(
-                Enslave(
+                PutBack(
                     dom.ref,
                     nic.mac,
                     tap.name,

@@ -220,14 +220,14 @@ def _reconcile(ns: Any, cfg: Config) -> int:
     report = run(cfg, None, retry_stuck=not ns.no_retry_stuck, only=only)
     attention = report.attention if report else []
     if report is not None:
-        acted = any((report.parked, report.attached, report.replugged, report.forgotten, report.stuck, report.failed))
+        acted = any((report.parked, report.attached, report.put_back, report.forgotten, report.stuck, report.failed))
         # The timer runs this every few minutes: a run that did nothing is not news.
         log.log(
             logging.INFO if acted else logging.DEBUG,
             "reconciled: %d parked, %d re-attached, %d taps put back on bridges, %d forgotten, %d stuck, %d failed",
             report.parked,
             report.attached,
-            report.replugged,
+            report.put_back,
             report.forgotten,
             report.stuck,
             report.failed,

@@ -17,11 +17,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from macvtap_hook import messages, nicxml
-from macvtap_hook.bridgeports import Enslave
+from macvtap_hook.bridgeports import PutBack
 from macvtap_hook.errors import DomainGone, HypervisorError, HypervisorUnavailable, LinkError, MacvtapHookError
 from macvtap_hook.hypervisor import Hypervisor
 from macvtap_hook.identity import StackedUplink, UplinkIdentity, UplinkRule, identity_from_udev
-from macvtap_hook.index import PARKED
 from macvtap_hook.model import DomainRef, Links, LiveNic, ParkedNic, nic_key, nic_label
 from macvtap_hook.planner import (
     Attach,
@@ -62,7 +61,7 @@ class Report:
     forgotten: int = 0
     stuck: int = 0
     failed: int = 0
-    replugged: int = 0  # bridge taps put back on their bridge
+    put_back: int = 0  # bridge taps put back on their bridge
     unreachable: list[str] = field(default_factory=list)
     attention: list[ParkedNic] = field(default_factory=list)
     settled: bool = True
@@ -70,6 +69,8 @@ class Report:
     # The uplinks that live NICs sit on or parked NICs wait for, when this
     # run saw every running domain and settled (None otherwise).
     uplinks: frozenset[str] | None = None
+    # Some NIC has a record: an interface that appears under a new name may be its uplink.
+    recorded: bool = False
 
     @property
     def needs_attention(self) -> bool:
@@ -90,7 +91,6 @@ def watched_uplinks(snap: Snapshot, records: Iterable[ParkedNic]) -> frozenset[s
     for rec in records:
         names.update(rec.candidates)
         names.add(rec.uplink)
-        names.add(PARKED)
     names.discard("")
     return frozenset(names)
 
@@ -309,6 +309,7 @@ class Engine:
             if todo.empty:
                 self.report.final = snap
                 self.report.uplinks = watched_uplinks(snap, self.records.values())
+                self.report.recorded = bool(self.records)
                 break
             failed.update(self.execute(todo))
             retry_stuck = False
@@ -333,8 +334,8 @@ class Engine:
             failed |= self._park(todo.park)
         if todo.attach:
             failed |= self._attach(todo.attach)
-        if todo.enslave:
-            failed |= self._enslave(todo.enslave)
+        if todo.put_back:
+            failed |= self._put_back(todo.put_back)
         for spec in todo.create:
             self._create(spec)
         for h in todo.hooks:
@@ -464,7 +465,7 @@ class Engine:
         self.records[key] = rec.evolve(state="parked")
         self.report.parked += 1
         log.info(
-            "parked %s: detached, waiting for %s", nic_label(p.domain, p.nic.mac), rec.waits_for or "its uplink",
+            "parked %s: detached, waiting for %s", nic_label(p.domain, p.nic.mac), rec.candidates_text or "its uplink",
             extra=messages.fields(messages.PARKED, p.domain, p.nic.mac, p.nic.source_dev),
         )  # fmt: skip
 
@@ -575,7 +576,7 @@ class Engine:
 
     # -- bridge taps ---------------------------------------------------------
 
-    def _enslave(self, todo: Sequence[Enslave]) -> set[Key]:
+    def _put_back(self, todo: Sequence[PutBack]) -> set[Key]:
         """Put taps back on their bridges. Nothing is recorded: the live XML
         says where each tap belongs, so a crash here is simply redone."""
         failed: set[Key] = set()
@@ -598,7 +599,7 @@ class Engine:
                     self.report.failed += 1
                     log.error("could not put tap %s of %s on bridge %s: %s", e.tap, nic, e.bridge, exc)
                 continue
-            self.report.replugged += 1
+            self.report.put_back += 1
             moved = f" (moved from {e.moved_from})" if e.moved_from else ""
             log.info("put tap %s of %s back on bridge %s%s", e.tap, nic, e.bridge, moved)
         return failed
@@ -606,15 +607,15 @@ class Engine:
 
 def _announce(p: Park) -> None:
     """Say why a NIC is about to be detached."""
-    if p.reattach and p.nic.source_dev in p.up:
+    if p.nic.source_dev in p.present:
         _log_nic(
             logging.INFO, messages.REPAIRED, p, "repairing %s: its macvtap died although uplink %s is back", _uplink(p)
         )
-    elif p.reattach:
+    elif p.straight_back:
         _log_nic(
             logging.INFO, messages.PARKED, p,
             "parking %s: uplink %s is gone; it goes straight back on pool network %s (%s up)",
-            _uplink(p), p.nic.network, " and ".join(p.up),
+            _uplink(p), p.nic.network, " and ".join(p.present),
         )  # fmt: skip
     else:
         _log_nic(logging.INFO, messages.PARKING, p, "parking %s: uplink %s is gone", _uplink(p))

@@ -42,7 +42,9 @@ def read_index(run_dir: str) -> frozenset[str] | None:
     return frozenset(lines[1:-1])
 
 
-def write_index(run_dir: str, names: Iterable[str]) -> None:
+def write_index(run_dir: str, names: Iterable[str], *, parked: bool = False) -> None:
+    """The names whose events matter; `parked`: some NIC has a record (the
+    PARKED line)."""
     from pathlib import Path
 
     from macvtap_hook.ifname import valid_ifname
@@ -52,7 +54,8 @@ def write_index(run_dir: str, names: Iterable[str]) -> None:
     ensure_private_dir(Path(run_dir))
     # A name libvirt took from a domain's XML could hold a newline: one
     # line per name only for names the kernel could have made.
-    body = "\n".join([HEADER, *sorted(n for n in names if n == PARKED or valid_ifname(n)), ""])
+    lines = sorted(n for n in names if valid_ifname(n)) + ([PARKED] if parked else [])
+    body = "\n".join([HEADER, *lines, ""])
     atomic_write(Path(index_path(run_dir)), body.encode())
 
 

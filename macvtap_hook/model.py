@@ -135,7 +135,7 @@ class ParkedNic:
         return (self.domain.uri, self.domain.uuid, self.mac)
 
     @property
-    def waits_for(self) -> str:
+    def candidates_text(self) -> str:
         """The names (and hardware) whose return re-attaches it, for people."""
         names = " or ".join(self.candidates)
         if self.identity is not None and self.identity.strong and self.network is None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Set
 from dataclasses import dataclass, field
 
-from macvtap_hook.bridgeports import Enslave, plan_ports
+from macvtap_hook.bridgeports import PutBack, plan_ports
 from macvtap_hook.identity import StackedUplink, UplinkIdentity, UplinkRule
 from macvtap_hook.model import DomainRef, DomainView, Link, Links, LiveNic, ParkedNic, nic_key
 
@@ -64,9 +64,13 @@ class Park:
     domain: DomainRef
     nic: LiveNic
     record: ParkedNic  # what both stores hold before the detach is asked for
-    reattach: bool  # a candidate exists: it goes straight back once detached
     previous: ParkedNic | None = None
-    up: tuple[str, ...] = ()  # the candidates that exist (another pool member than its own, maybe)
+    present: tuple[str, ...] = ()  # the candidates that exist (another pool member than its own, maybe)
+
+    @property
+    def straight_back(self) -> bool:
+        """A candidate exists: the NIC is re-attached right after its detach."""
+        return bool(self.present)
 
 
 @dataclass(frozen=True)
@@ -108,13 +112,15 @@ class Plan:
     waiting: tuple[ParkedNic, ...] = ()  # parked or stuck, nothing to do now
     observed: Mapping[Key, Observed] = field(default_factory=dict)  # what the state keeps of renamed uplinks
     ambiguous: tuple[tuple[ParkedNic, tuple[str, ...]], ...] = ()  # several interfaces look like its uplink
-    enslave: tuple[Enslave, ...] = ()  # bridge taps to put back on their bridge
+    put_back: tuple[PutBack, ...] = ()  # bridge taps to put back on their bridge
     create: tuple[StackedUplink, ...] = ()  # declared links parked NICs wait for, on a present parent
     hooks: tuple[RunHooks, ...] = ()
 
     @property
     def empty(self) -> bool:
-        return not (self.forget or self.resync or self.park or self.attach or self.enslave or self.create or self.hooks)
+        return not (
+            self.forget or self.resync or self.park or self.attach or self.put_back or self.create or self.hooks
+        )
 
     def without(self, failed: Set[Key], no_metadata: Set[tuple[str, str]], tried: Set[str] = frozenset()) -> Plan:
         """This plan less what already failed in this run (tried again on the
@@ -129,7 +135,7 @@ class Plan:
             waiting=self.waiting,
             observed=self.observed,
             ambiguous=self.ambiguous,
-            enslave=tuple(e for e in self.enslave if nic_key(e.domain, e.mac) not in failed),
+            put_back=tuple(e for e in self.put_back if nic_key(e.domain, e.mac) not in failed),
             create=tuple(s for s in self.create if s.name not in tried),
             hooks=tuple(h for h in self.hooks if h.iface not in tried),
         )
@@ -153,7 +159,7 @@ def nic_is_alive(nic: LiveNic, links: Links) -> bool:
     return tap.parent is not None and links.has_ifindex(tap.parent)
 
 
-def wakers(
+def candidates_of(
     uri: str, uplink: str | None, network: str | None, stored: tuple[str, ...], snap: Snapshot
 ) -> tuple[str, ...]:
     """The interfaces whose presence lets this NIC be attached: every member
@@ -245,12 +251,12 @@ def plan(
             if rec is not None and rec.state == "stuck" and not retry_stuck:
                 waiting.append(rec)
                 continue
-            cands = wakers(dom.ref.uri, nic.source_dev, nic.network, (), snap)
+            cands = candidates_of(dom.ref.uri, nic.source_dev, nic.network, (), snap)
             if not in_scope(nic.source_dev, *cands):
                 continue
             up = tuple(c for c in cands if c in snap.links)
             record = _park_record(dom, nic, cands, rec, _park_identity(key, nic, rec, snap), snap)
-            park.append(Park(dom.ref, nic, record, reattach=bool(up), previous=rec, up=up))
+            park.append(Park(dom.ref, nic, record, previous=rec, present=up))
 
     domains = {(d.ref.uri, d.ref.uuid): d for d in snap.domains}
     for key, found in list(records.items()):
@@ -265,7 +271,7 @@ def plan(
         if uri not in snap.reachable or (owner is not None and owner.unreadable is not None):
             waiting.append(rec)  # what libvirt holds is unknown: neither acted on nor forgotten
             continue
-        cands = wakers(uri, rec.uplink, rec.network, rec.candidates, snap)
+        cands = candidates_of(uri, rec.uplink, rec.network, rec.candidates, snap)
         if rec.state != "parked" or cands != rec.candidates:
             # Its NIC is gone from the guest: an interrupted detach finished,
             # or a stuck guest let go at last. Either way it is parked now
@@ -311,7 +317,7 @@ def plan(
         waiting=tuple(waiting),
         observed=observed,
         ambiguous=tuple(ambiguous),
-        enslave=plan_ports(snap.domains, snap.links, only),
+        put_back=plan_ports(snap.domains, snap.links, only),
         create=create,
         hooks=hooks,
     )
@@ -390,7 +396,7 @@ def changed_meanwhile(attach: Attach, before: Links, after: Links) -> bool:
     return False
 
 
-def bridge_changed(e: Enslave, after: Links) -> bool:
+def bridge_changed(e: PutBack, after: Links) -> bool:
     """Whether the bridge a tap was to be put on vanished or was re-created
     since the plan (the kernel refuses a master index that is gone)."""
     bridge = after.get(e.bridge)

@@ -27,7 +27,7 @@ def _park(todo: Plan) -> Iterable[str]:
         uplink = p.nic.source_dev or p.nic.network
         if p.previous is not None and p.previous.state == "stuck":
             yield f"retry: stuck {nic_label(p.domain, p.nic.mac)}: ask the guest again to release it (uplink {uplink})"
-        elif p.reattach:
+        elif p.straight_back:
             yield (
                 f"repair: {nic_label(p.domain, p.nic.mac)}: its macvtap died although uplink {uplink} is back "
                 "(detach, then re-attach)"
@@ -49,8 +49,8 @@ def _attach(todo: Plan) -> Iterable[str]:
         yield f"re-attach: {nic_label(rec.domain, rec.mac)} {via}"
 
 
-def _enslave(todo: Plan) -> Iterable[str]:
-    for e in todo.enslave:
+def _put_back(todo: Plan) -> Iterable[str]:
+    for e in todo.put_back:
         moved = f" (move it from {e.moved_from})" if e.moved_from else ""
         yield f"put back: tap {e.tap} of {nic_label(e.domain, e.mac)} on bridge {e.bridge}{moved}"
 
@@ -71,7 +71,7 @@ def _waiting(todo: Plan) -> Iterable[str]:
             why = rec.last_error or "the guest did not release it"
             yield f"leave: {nic_label(rec.domain, rec.mac)} is stuck ({why})"
         else:
-            yield f"leave: {nic_label(rec.domain, rec.mac)} is {rec.state}, waiting for {rec.waits_for}"
+            yield f"leave: {nic_label(rec.domain, rec.mac)} is {rec.state}, waiting for {rec.candidates_text}"
 
 
 def _ambiguous(todo: Plan) -> Iterable[str]:
@@ -81,7 +81,7 @@ def _ambiguous(todo: Plan) -> Iterable[str]:
 
 Describer = Callable[[Plan], Iterable[str]]
 # In the order the engine carries the actions out.
-DESCRIBERS: list[Describer] = [_forget, _resync, _park, _attach, _enslave, _create, _hooks, _waiting, _ambiguous]
+DESCRIBERS: list[Describer] = [_forget, _resync, _park, _attach, _put_back, _create, _hooks, _waiting, _ambiguous]
 
 
 def describe(todo: Plan) -> list[str]:

@@ -167,7 +167,7 @@ def run(
         if report is not None and report.uplinks is not None:
             # Macvtaps libvirt created since the last look (a guest starting):
             # an event about one of them may have read the index this replaces.
-            index.write_index(str(cfg.run_dir), report.uplinks | macvtap_lowers())
+            index.write_index(str(cfg.run_dir), report.uplinks | macvtap_lowers(), parked=report.recorded)
         else:
             index.drop_index(str(cfg.run_dir))
         StateStore(cfg.state_file).ensure_exists()

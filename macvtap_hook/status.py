@@ -49,7 +49,7 @@ def advice(rec: ParkedNic) -> str:
         return "re-attach failed; it is retried on the next event or 'macvtap-hook reconcile'"
     if rec.state == "detaching":
         return "a run was interrupted while detaching; the next run finishes it"
-    return f"waiting for {rec.waits_for} to come back"
+    return f"waiting for {rec.candidates_text} to come back"
 
 
 def _with_identity(rec: ParkedNic) -> str:
@@ -60,9 +60,9 @@ def _with_identity(rec: ParkedNic) -> str:
 def row_advice(row: ProtectedNic) -> str | None:
     """What an administrator should know about a NIC that is not alive."""
     if row.record is not None:
-        if row.record.state == "parked" and not row.record.last_error and row.waiting_for:
+        if row.record.state == "parked" and not row.record.last_error and row.candidates:
             # The pool it waits for may have grown since it was recorded.
-            return f"waiting for {row.record.evolve(candidates=row.waiting_for).waits_for} to come back"
+            return f"waiting for {row.record.evolve(candidates=row.candidates).candidates_text} to come back"
         return advice(row.record)
     uplink = row.uplink or "its uplink"
     if row.kind == "bridge":
@@ -107,7 +107,7 @@ def protected_entry(row: ProtectedNic) -> dict[str, Any]:
         "network": row.network,
         "mode": row.mode,
         "state": row.state,
-        "waiting_for": list(row.waiting_for),
+        "waiting_for": list(row.candidates),
         "identity": row.record.identity.to_dict() if row.record and row.record.identity else None,
         "since": _iso(row.record.since) if row.record else None,
         "needs_attention": row.needs_attention,

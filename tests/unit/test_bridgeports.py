@@ -131,12 +131,12 @@ def test_bridge_recreated_puts_the_tap_back_and_records_nothing(world: World, ca
     report = world.converge()
     assert world.master_of("vnet0") == "br0"
     assert world.links.ports["vnet0"] == PortSettings(mtu=1400, up=True, isolated=True, vlans=())
-    assert report.replugged == 1 and report.attached == report.parked == 0
+    assert report.put_back == 1 and report.attached == report.parked == 0
     assert not [c for c in world.hv.calls if c[0] in ("detach", "attach")], "no unplug, no plug"
     assert not world.store.load()
     lines = [r.getMessage() for r in caplog.records if "back on bridge" in r.getMessage()]
     assert lines == [f"put tap vnet0 of NIC {MAC} of domain web back on bridge br0"]
-    assert world.converge().replugged == 0, "a second run changes nothing"
+    assert world.converge().put_back == 0, "a second run changes nothing"
 
 
 def test_network_nic_and_a_macvtap_nic_in_one_run(world: World) -> None:
@@ -149,7 +149,7 @@ def test_network_nic_and_a_macvtap_nic_in_one_run(world: World) -> None:
     world.links.add("virbr9", kind="bridge", mtu=1500)
     world.links.add("up0")
     report = world.converge()
-    assert (report.replugged, report.attached) == (1, 1)
+    assert (report.put_back, report.attached) == (1, 1)
     assert world.master_of("vnet0") == "virbr9"
 
 
@@ -184,7 +184,7 @@ def test_bridge_recreated_during_the_run_is_no_failure(world: World, caplog: pyt
     failed: set[tuple[str, str]] = set()
     report = world.converge(failed=failed)
     assert world.master_of("vnet0") == "br0"
-    assert report.replugged == 1 and report.failed == 0 and not failed
+    assert report.put_back == 1 and report.failed == 0 and not failed
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
@@ -207,21 +207,21 @@ def test_a_failure_is_logged_once_and_not_retried_in_a_loop(world: World, caplog
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1 and "could not put tap vnet0" in errors[0].getMessage()
     world.links.fail_port = None
-    assert world.converge().replugged == 1, "the next run tries again"
+    assert world.converge().put_back == 1, "the next run tries again"
 
 
 def test_reconcile_only_other_interfaces_leaves_the_tap(world: World) -> None:
     world.hv.start("web", UUID1, [bridge_nic(MAC, "br0")])
     world.links.delete("br0")
     world.links.add("br0", kind="bridge", mtu=1500)
-    assert world.converge(only=frozenset({"up0"})).replugged == 0
-    assert world.converge(only=frozenset({"br0"})).replugged == 1
+    assert world.converge(only=frozenset({"up0"})).put_back == 0
+    assert world.converge(only=frozenset({"br0"})).put_back == 1
 
 
 def test_dry_run_describes_a_tap_to_put_back() -> None:
     from macvtap_hook.planner import Plan
     from macvtap_hook.planview import describe
 
-    todo = Plan(enslave=plan_ports([dom(nic())], Links.of(BR0, BR1, tap(master=11))))
+    todo = Plan(put_back=plan_ports([dom(nic())], Links.of(BR0, BR1, tap(master=11))))
     assert describe(todo) == [f"put back: tap vnet0 of NIC {MAC} of domain web on bridge br0 (move it from br1)"]
     assert describe(Plan()) == ["nothing to do"]

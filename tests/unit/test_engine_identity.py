@@ -57,7 +57,7 @@ def test_same_hardware_back_under_another_name_gets_the_nic(world: World, caplog
     world.converge()
     (rec,) = world.parked()
     assert rec.identity is not None and (rec.identity.permanent_mac, rec.identity.path) == (PERM, USB["ID_PATH"])
-    assert "same hardware" in rec.waits_for
+    assert "same hardware" in rec.candidates_text
 
     world.links.add("mhtx0")  # a veth: no identity
     world.links.add("eno1", perm_mac="3c:97:0e:12:34:56", udev={"ID_PATH": "pci-0000:00:1f.6"})

@@ -273,7 +273,7 @@ def test_while_something_is_parked_a_new_name_goes_to_the_identity_check(tmp_pat
     sysfs = fake_sysfs(tmp_path / "sys", {"eth1": None, "enx9": None, "vmtap7": "eth9"})
     index.write_index(run, ["eth1"])
     assert not needs_work("add", "enx9", None, run, sysfs=sysfs)
-    index.write_index(run, ["eth1", index.PARKED])
+    index.write_index(run, ["eth1"], parked=True)
     assert index.read_index(run) == {"eth1", index.PARKED}
     assert needs_work("add", "enx9", None, run, sysfs=sysfs), "it may be the parked NIC's uplink, renamed"
     assert verdict("add", "enx9", None, run, sysfs=sysfs) == IF_AWAITED

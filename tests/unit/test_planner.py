@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from macvtap_hook.bridgeports import Enslave
+from macvtap_hook.bridgeports import PutBack
 from macvtap_hook.identity import StackedUplink
 from macvtap_hook.model import DomainRef, DomainView, Link, Links, LiveNic, ParkedNic, PortSettings
 from macvtap_hook.planner import Attach, RunHooks, Snapshot, bridge_changed, changed_meanwhile, plan
@@ -71,7 +71,7 @@ def test_a_failed_attach_is_a_flap_when_an_interface_it_could_use_changed() -> N
 
 
 def test_a_bridge_that_changed_since_the_plan() -> None:
-    e = Enslave(REF, MAC1, "vnet0", 20, "br0", 10, PortSettings(1500, True, False))
+    e = PutBack(REF, MAC1, "vnet0", 20, "br0", 10, PortSettings(1500, True, False))
     assert not bridge_changed(e, Links.of(Link("br0", 10, kind="bridge")))
     assert bridge_changed(e, Links.of(Link("br0", 11, kind="bridge")))
     assert bridge_changed(e, Links())
