@@ -16,7 +16,7 @@ from macvtap_hook import index
 from macvtap_hook.defaults import CONFIG_ENV, DEFAULT_CONFIG_PATH, DEFAULT_HANDOFF, DEFAULT_RUN_DIR, HANDOFFS
 from macvtap_hook.errors import BadEvent
 from macvtap_hook.ifname import check_ifname, valid_ifname
-from macvtap_hook.links import SYSFS_NET, lower_device
+from macvtap_hook.links import MACVTAP_PREFIX, SYSFS_NET, is_macvtap, lower_device
 from macvtap_hook.udevprops import udev_identity_env
 
 TYPE_CHECKING = False  # typing is not imported at run time (see above)
@@ -37,7 +37,6 @@ if TYPE_CHECKING:
     from macvtap_hook.identity import StackedUplink, UplinkIdentity, UplinkRule
 
 UDEV_ACTIONS = ("add", "remove", "move")
-MACVTAP_PREFIX = "macvtap"  # the names libvirt gives the macvtaps it creates
 # NetworkManager dispatcher actions that can follow a device's (re)creation
 # or loss; the rest (hostname, dhcp4-change, connectivity-change, ...) carry
 # nothing for us.
@@ -150,7 +149,7 @@ def verdict(
             now = None
         if now is None or (ifindex and now != ifindex):
             return YES if iface.startswith(MACVTAP_PREFIX) or iface in names else NO
-        if os.path.isdir(os.path.join(base, "macvtap")):
+        if is_macvtap(iface, sysfs):
             lower = lower_device(iface, sysfs)
             return YES if lower is None or lower not in names else NO
         if index.PARKED in names and iface not in names:

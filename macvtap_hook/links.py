@@ -38,6 +38,15 @@ BRIDGE_VLAN_INFO_PVID = 0x2
 BRIDGE_VLAN_INFO_UNTAGGED = 0x4
 # A subfolder that tells a link's kind; other kinds come from DEVTYPE.
 _KIND_DIRS = (("macvtap", "macvtap"), ("bridge", "bridge"), ("bonding", "bond"))
+# libvirt's names for the macvtaps it creates: all that tells a macvtap
+# that is already gone (an administrator's own names are not known then).
+MACVTAP_PREFIX = "macvtap"
+
+
+def is_macvtap(name: str, root: str = SYSFS_NET) -> bool:
+    """Whether the link is a macvtap, by the sysfs folder the kernel gives
+    one (as SysfsLinks tells every link's kind)."""
+    return os.path.isdir(os.path.join(root, name, _KIND_DIRS[0][0]))
 
 
 class SysfsLinks:
@@ -109,7 +118,7 @@ def macvtap_lowers(root: str = SYSFS_NET) -> frozenset[str]:
         names = os.listdir(root)
     except OSError:
         return frozenset()
-    lowers = {lower_device(n, root) for n in names if os.path.isdir(os.path.join(root, n, "macvtap"))}
+    lowers = {lower_device(n, root) for n in names if is_macvtap(n, root)}
     return frozenset(n for n in lowers if n)
 
 

@@ -12,10 +12,9 @@ from macvtap_hook.compose import acting_engine
 from macvtap_hook.config import Config
 from macvtap_hook.engine import Report
 from macvtap_hook.errors import HypervisorUnavailable
-from macvtap_hook.events import MACVTAP_PREFIX
 from macvtap_hook.hints import Hint, HintQueue
 from macvtap_hook.hypervisor import Hypervisor
-from macvtap_hook.links import macvtap_lowers
+from macvtap_hook.links import MACVTAP_PREFIX, macvtap_lowers
 from macvtap_hook.state import StateStore
 
 if TYPE_CHECKING:
@@ -70,6 +69,7 @@ def converge_once(
 
 
 def _macvtap_appeared(hint: Hint) -> bool:
+    """By its name: the macvtap of a failed re-attach is gone again by now."""
     return hint.action == "add" and (hint.iface or "").startswith(MACVTAP_PREFIX)
 
 
