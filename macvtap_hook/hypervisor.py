@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Protocol
 
-from macvtap_hook import nicxml
+from macvtap_hook import nicxml, pools
 from macvtap_hook.errors import DomainGone, HypervisorError, HypervisorUnavailable
 from macvtap_hook.model import DomainRef, DomainView, LiveNic, ParkedNic
 from macvtap_hook.records import METADATA_KEY, METADATA_URI, to_metadata
@@ -122,7 +122,7 @@ class LibvirtHypervisor:
 
     def pool_members(self, network: str) -> tuple[str, ...]:
         try:
-            return nicxml.pool_members(self._conn.networkLookupByName(network).XMLDesc(0))
+            return pools.pool_members(self._conn.networkLookupByName(network).XMLDesc(0))
         except self._lv.libvirtError:
             return ()
 
@@ -184,7 +184,7 @@ class LibvirtHypervisor:
 
     def attach(self, dom: DomainRef, xml: str, *, avoid: Sequence[str] = ()) -> None:
         lv = self._lv
-        network = nicxml.network_of(xml) if avoid else None
+        network = pools.network_of(xml) if avoid else None
         with self._pool_lock if network else contextlib.nullcontext():
             held = self._hold_off(network, avoid) if network else []
             try:
@@ -213,9 +213,9 @@ class LibvirtHypervisor:
             net = self._conn.networkLookupByName(network)
             for port in net.listAllPorts(0):
                 with contextlib.suppress(lv.libvirtError, nicxml.XmlError):
-                    if nicxml.is_placeholder_port(port.XMLDesc(0)):
+                    if pools.is_placeholder_port(port.XMLDesc(0)):
                         port.delete()
-            mode, counts = nicxml.pool_connections(net.XMLDesc(0))
+            mode, counts = pools.pool_connections(net.XMLDesc(0))
         except lv.libvirtError:
             return []  # the attach itself reports what is wrong with the network
         ceiling = max((n for dev, n in counts.items() if dev not in avoid), default=None)
@@ -226,7 +226,7 @@ class LibvirtHypervisor:
             for _ in range(ceiling + 1 - counts.get(dev, ceiling + 1)):
                 try:
                     held.append(
-                        net.portCreateXML(nicxml.placeholder_port_xml(dev, mode), lv.VIR_NETWORK_PORT_CREATE_RECLAIM)
+                        net.portCreateXML(pools.placeholder_port_xml(dev, mode), lv.VIR_NETWORK_PORT_CREATE_RECLAIM)
                     )
                 except lv.libvirtError as exc:
                     log.warning(

@@ -23,14 +23,14 @@ class XmlError(ValueError):
     """The XML is not what libvirt produces for a running domain."""
 
 
-def _parse(text: str, what: str) -> ET.Element:
+def parse(text: str, what: str) -> ET.Element:
     try:
         return ET.fromstring(text)
     except ET.ParseError as exc:
         raise XmlError(f"{what}: {exc}") from None
 
 
-def _to_text(elem: ET.Element, *, indent: bool = False) -> str:
+def to_text(elem: ET.Element, *, indent: bool = False) -> str:
     elem.tail = None
     if indent:
         ET.indent(elem)
@@ -43,7 +43,7 @@ def normalize_mac(mac: str) -> str:
 
 def parse_domain(xml: str, uri: str) -> DomainView:
     """Read a running domain's live XML."""
-    root = _parse(xml, "domain XML")
+    root = parse(xml, "domain XML")
     name = root.findtext("name") or ""
     uuid = (root.findtext("uuid") or "").strip()
     dom_id = root.get("id")
@@ -120,7 +120,7 @@ def _live_nic(iface: ET.Element) -> LiveNic:
         target=target.get("dev") if target is not None else None,
         alias=alias.get("name") if alias is not None else None,
         network=source.get("network") if source is not None else None,
-        xml=_to_text(iface),
+        xml=to_text(iface),
     )
 
 
@@ -133,7 +133,7 @@ def attach_xml(record: ParkedNic, dev: str | None = None) -> str:
     back through the network, so libvirt may choose any pool member. `dev`
     (its uplink under another name) replaces the source device, nothing else.
     """
-    iface = _parse(record.xml, "parked interface XML")
+    iface = parse(record.xml, "parked interface XML")
     target = iface.find("target")
     if target is not None and _AUTO_TARGET.match(target.get("dev", "")):
         iface.remove(target)
@@ -148,70 +148,15 @@ def attach_xml(record: ParkedNic, dev: str | None = None) -> str:
         source.attrib.update(kept)
     elif source is not None and dev is not None:
         source.set("dev", check_ifname(dev))
-    return _to_text(iface, indent=True)
+    return to_text(iface, indent=True)
 
 
 def with_link_down(nic: LiveNic) -> str:
     """The live NIC's XML with its link down, for updateDeviceFlags."""
-    iface = _parse(nic.xml, "live interface XML")
+    iface = parse(nic.xml, "live interface XML")
     link = iface.find("link")
     if link is None:
         link = ET.SubElement(iface, "link")
     link.attrib.clear()
     link.set("state", "down")
-    return _to_text(iface, indent=True)
-
-
-def pool_members(network_xml: str) -> tuple[str, ...]:
-    """The host interfaces of a macvtap pool network (forward dev / interface)."""
-    root = _parse(network_xml, "network XML")
-    forward = root.find("forward")
-    if forward is None:
-        return ()
-    devs = [i.get("dev", "") for i in forward.iterfind("interface")]
-    if forward.get("dev"):
-        devs.insert(0, forward.get("dev", ""))
-    seen: dict[str, None] = dict.fromkeys(d for d in devs if d)
-    return tuple(seen)
-
-
-PLACEHOLDER_OWNER = "macvtap-hook-placeholder"
-
-
-def network_of(iface_xml: str) -> str | None:
-    """The network a type='network' <interface> is attached through."""
-    iface = _parse(iface_xml, "interface XML")
-    source = iface.find("source")
-    if iface.get("type") != "network" or source is None:
-        return None
-    return source.get("network") or None
-
-
-def pool_connections(network_xml: str) -> tuple[str, dict[str, int]]:
-    """A running macvtap pool network's forward mode and each member's
-    connections, from its live XML."""
-    root = _parse(network_xml, "network XML")
-    forward = root.find("forward")
-    if forward is None:
-        return "bridge", {}
-    counts = {i.get("dev", ""): int(i.get("connections") or 0) for i in forward.iterfind("interface")}
-    counts.pop("", None)
-    return forward.get("mode", "bridge"), counts
-
-
-def placeholder_port_xml(dev: str, mode: str) -> str:
-    """A network port that only counts as a connection of `dev`."""
-    import uuid
-
-    port = ET.Element("networkport")
-    ET.SubElement(port, "uuid").text = str(uuid.uuid4())  # libvirt 9 makes none up: "network port has no uuid"
-    owner = ET.SubElement(port, "owner")
-    ET.SubElement(owner, "name").text = PLACEHOLDER_OWNER
-    ET.SubElement(owner, "uuid").text = str(uuid.uuid4())
-    ET.SubElement(port, "mac", {"address": "52:54:00:00:00:00"})
-    ET.SubElement(port, "plug", {"type": "direct", "dev": check_ifname(dev), "mode": mode})
-    return _to_text(port)
-
-
-def is_placeholder_port(port_xml: str) -> bool:
-    return _parse(port_xml, "network port XML").findtext("owner/name") == PLACEHOLDER_OWNER
+    return to_text(iface, indent=True)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from macvtap_hook.bridgeports import PutBack, plan_ports
 from macvtap_hook.identity import StackedUplink, UplinkIdentity, UplinkRule
 from macvtap_hook.model import DomainRef, DomainView, Link, Links, LiveNic, ParkedNic, nic_key
+from macvtap_hook.pools import absent_members, candidates_of
 
 Key = tuple[str, str, str]
 
@@ -159,20 +160,6 @@ def nic_is_alive(nic: LiveNic, links: Links) -> bool:
     return tap.parent is not None and links.has_ifindex(tap.parent)
 
 
-def candidates_of(
-    uri: str, uplink: str | None, network: str | None, stored: tuple[str, ...], snap: Snapshot
-) -> tuple[str, ...]:
-    """The interfaces whose presence lets this NIC be attached: every member
-    of its pool network when libvirt told us, else what was recorded."""
-    if network:
-        members = snap.pools.get((uri, network))
-        if members:
-            return members
-    if stored:
-        return stored
-    return (uplink,) if uplink else ()
-
-
 def same_run(rec: ParkedNic, dom: DomainView, boot_id: str) -> bool:
     """Whether a record belongs to the domain's present run.
 
@@ -251,7 +238,7 @@ def plan(
             if rec is not None and rec.state == "stuck" and not retry_stuck:
                 waiting.append(rec)
                 continue
-            cands = candidates_of(dom.ref.uri, nic.source_dev, nic.network, (), snap)
+            cands = candidates_of(dom.ref.uri, nic.source_dev, nic.network, (), snap.pools)
             if not in_scope(nic.source_dev, *cands):
                 continue
             up = tuple(c for c in cands if c in snap.links)
@@ -271,7 +258,7 @@ def plan(
         if uri not in snap.reachable or (owner is not None and owner.unreadable is not None):
             waiting.append(rec)  # what libvirt holds is unknown: neither acted on nor forgotten
             continue
-        cands = candidates_of(uri, rec.uplink, rec.network, rec.candidates, snap)
+        cands = candidates_of(uri, rec.uplink, rec.network, rec.candidates, snap.pools)
         if rec.state != "parked" or cands != rec.candidates:
             # Its NIC is gone from the guest: an interrupted detach finished,
             # or a stuck guest let go at last. Either way it is parked now
@@ -288,8 +275,7 @@ def plan(
         elif not in_scope(rec.uplink, *cands) or (rec.last_error is not None and not retry_failed):
             waiting.append(rec)
         elif any(c in snap.links for c in cands):
-            absent = tuple(c for c in cands if c not in snap.links) if rec.network else ()
-            attach.append(Attach(rec, avoid=absent))
+            attach.append(Attach(rec, avoid=absent_members(rec.network, cands, snap.links)))
         else:
             if rec.identity is None and rec.network is None and rec.uplink in snap.vanished:
                 # Parked before the uplink's own remove event told what it was.

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 from macvtap_hook.bridgeports import port_state
 from macvtap_hook.model import DomainRef, LiveNic, ParkedNic, nic_key
-from macvtap_hook.planner import Key, Snapshot, candidates_of, merge_records, nic_is_alive, plan
+from macvtap_hook.planner import Key, Snapshot, merge_records, nic_is_alive, plan
+from macvtap_hook.pools import candidates_of
 
 # The states a protected NIC can be in (README, "status"):
 ALIVE = "alive"  # attached, its macvtap exists on an existing uplink
@@ -85,7 +86,7 @@ def running_nics(snap: Snapshot) -> Iterable[ProtectedNic]:
     records = _records(snap)
     for dom in snap.domains:
         for nic in dom.nics:
-            cands = candidates_of(dom.ref.uri, nic.source_dev, nic.network, (), snap)
+            cands = candidates_of(dom.ref.uri, nic.source_dev, nic.network, (), snap.pools)
             rec = records.get(nic_key(dom.ref, nic.mac))
             state = _live_state(nic, dom.running, snap, cands)
             if rec is not None and state != ALIVE:
@@ -109,7 +110,7 @@ def parked_nics(snap: Snapshot) -> Iterable[ProtectedNic]:
     for rec in _records(snap).values():
         if rec.key in live:
             continue
-        cands = candidates_of(rec.domain.uri, rec.uplink, rec.network, rec.candidates, snap)
+        cands = candidates_of(rec.domain.uri, rec.uplink, rec.network, rec.candidates, snap.pools)
         yield ProtectedNic(
             rec.domain, rec.mac, _kind(rec.network), rec.uplink, rec.network, rec.mode, rec.state, cands, rec
         )

@@ -7,7 +7,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from macvtap_hook import nicxml, records
+from macvtap_hook import nicxml, pools, records
 from macvtap_hook.bridgeports import vlan_entries
 from macvtap_hook.model import ParkedNic
 from tests.unit.helpers import INPUTS
@@ -80,7 +80,7 @@ def test_link_down_xml() -> None:
 
 
 def test_pool_members() -> None:
-    assert nicxml.pool_members((INPUTS / "libvirt" / "network-pool.xml").read_text()) == ("mht4",)
+    assert pools.pool_members((INPUTS / "libvirt" / "network-pool.xml").read_text()) == ("mht4",)
 
 
 @pytest.mark.parametrize("bad", ["", "<domain>", "<domain><name>x</name></domain>"])
@@ -135,14 +135,14 @@ def test_pool_connections_and_placeholder_ports() -> None:
         "<network connections='3'><name>pool</name><forward mode='vepa'>"
         "<interface dev='eth1' connections='2'/><interface dev='eth2'/></forward></network>"
     )
-    assert nicxml.pool_connections(live) == ("vepa", {"eth1": 2, "eth2": 0})
-    port = ET.fromstring(nicxml.placeholder_port_xml("eth2", "vepa"))
+    assert pools.pool_connections(live) == ("vepa", {"eth1": 2, "eth2": 0})
+    port = ET.fromstring(pools.placeholder_port_xml("eth2", "vepa"))
     assert port.find("plug").attrib == {"type": "direct", "dev": "eth2", "mode": "vepa"}  # type: ignore[union-attr]
     assert port.findtext("uuid") and port.findtext("owner/uuid"), "libvirt 9 refuses a port without them"
-    assert nicxml.is_placeholder_port(nicxml.placeholder_port_xml("eth2", "vepa"))
+    assert pools.is_placeholder_port(pools.placeholder_port_xml("eth2", "vepa"))
     guest_port = (
         "<networkport><owner><name>web1</name><uuid>u</uuid></owner><mac address='52:54:00:00:00:01'/></networkport>"
     )
-    assert not nicxml.is_placeholder_port(guest_port)
-    assert nicxml.network_of("<interface type='network'><source network='pool'/></interface>") == "pool"
-    assert nicxml.network_of("<interface type='direct'><source dev='eth1'/></interface>") is None
+    assert not pools.is_placeholder_port(guest_port)
+    assert pools.network_of("<interface type='network'><source network='pool'/></interface>") == "pool"
+    assert pools.network_of("<interface type='direct'><source dev='eth1'/></interface>") is None
