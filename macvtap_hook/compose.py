@@ -28,6 +28,7 @@ def _sight(cfg: Config) -> dict[str, Any]:
 
     return {
         "configured": cfg.uris, "identities": UdevIdentities(), "rules": cfg.uplink_rules, "stacked": cfg.stacked,
+        "autostart": cfg.autostart,
     }  # fmt: skip
 
 

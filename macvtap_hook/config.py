@@ -35,6 +35,7 @@ class Config:
     stacked: tuple[StackedUplink, ...] = ()  # [[stacked]] tables
     uplink_hooks_dir: Path = Path("/etc/macvtap-hook/uplink.d")
     uplink_hook_timeout: float = 10.0
+    autostart: bool = True  # [start] autostart: start what libvirt could not autostart (autostart.py)
     source: Path | None = field(default=None, compare=False)
 
     @property
@@ -73,7 +74,7 @@ def load_config(path: Path | None = None) -> Config:
 
 
 def _from_mapping(data: dict[str, Any], path: Path) -> Config:
-    known = ({f.name for f in fields(Config)} - {"source", "uplink_rules"}) | {"uplink"}
+    known = ({f.name for f in fields(Config)} - {"source", "uplink_rules", "autostart"}) | {"uplink", "start"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(path=path, reason=f"unknown key(s): {', '.join(unknown)}")
@@ -99,6 +100,8 @@ def _from_mapping(data: dict[str, Any], path: Path) -> Config:
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 600:
                 raise ConfigError(path=path, reason=f"{key} must be a number of seconds in (0, 600]")
             values[key] = float(value)
+    if "start" in data:
+        values["autostart"] = _start(data["start"], path)
     if "handoff" in data:
         if data["handoff"] not in HANDOFFS:
             raise ConfigError(path=path, reason=f"handoff must be one of {', '.join(HANDOFFS)}")
@@ -130,6 +133,15 @@ def _stacked(value: Any, path: Path) -> tuple[StackedUplink, ...]:
     if len(set(names)) != len(names):
         raise ConfigError(path=path, reason="[[stacked]]: a name is declared twice")
     return found
+
+
+def _start(value: Any, path: Path) -> bool:
+    if not isinstance(value, dict) or set(value) - {"autostart"}:
+        raise ConfigError(path=path, reason="[start] is a table whose one key is autostart")
+    autostart = value.get("autostart", True)
+    if not isinstance(autostart, bool):
+        raise ConfigError(path=path, reason="[start] autostart must be true or false")
+    return autostart
 
 
 def _absolute(value: Any, key: str, path: Path) -> Path:

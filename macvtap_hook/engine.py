@@ -17,11 +17,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from macvtap_hook import messages, nicxml
+from macvtap_hook.autostart import StartPlan
 from macvtap_hook.bridgeports import PutBack
 from macvtap_hook.errors import DomainGone, HypervisorError, HypervisorUnavailable, LinkError, MacvtapHookError
 from macvtap_hook.hypervisor import Hypervisor
 from macvtap_hook.identity import StackedUplink, UplinkIdentity, UplinkRule, identity_from_udev
-from macvtap_hook.model import DomainRef, Links, LiveNic, ParkedNic, nic_key, nic_label
+from macvtap_hook.model import DomainRef, Links, LiveNic, ParkedNic, StoppedDomain, WaitingStart, nic_key, nic_label
 from macvtap_hook.planner import (
     Attach,
     Forget,
@@ -71,6 +72,8 @@ class Report:
     uplinks: frozenset[str] | None = None
     # Some NIC has a record: an interface that appears under a new name may be its uplink.
     recorded: bool = False
+    started: int = 0  # domains libvirt could not autostart, started now
+    waiting_to_start: list[WaitingStart] = field(default_factory=list)
 
     @property
     def needs_attention(self) -> bool:
@@ -79,10 +82,13 @@ class Report:
     final: Snapshot | None = None  # the truth the run ended with (status counts, metrics)
 
 
-def watched_uplinks(snap: Snapshot, records: Iterable[ParkedNic]) -> frozenset[str]:
+def watched_uplinks(
+    snap: Snapshot, records: Iterable[ParkedNic], starts: Iterable[WaitingStart] = ()
+) -> frozenset[str]:
     """Every interface whose loss, return or rename can matter: the uplinks
     live NICs name, the lower devices of every macvtap on the host (libvirt
-    may still be attaching the NIC of a new one) and what parked NICs wait for."""
+    may still be attaching the NIC of a new one), what parked NICs wait for
+    and what domains waiting to start need."""
     names = {nic.source_dev for dom in snap.domains for nic in dom.nics if nic.source_dev}
     by_index = {link.ifindex: link.name for link in snap.links.by_name.values()}
     for link in snap.links.by_name.values():
@@ -91,6 +97,8 @@ def watched_uplinks(snap: Snapshot, records: Iterable[ParkedNic]) -> frozenset[s
     for rec in records:
         names.update(rec.candidates)
         names.add(rec.uplink)
+    for start in starts:
+        names.update(n for need in start.needs for n in need)
     names.discard("")
     return frozenset(names)
 
@@ -161,6 +169,7 @@ class Engine:
         hooks: UplinkHooks | None = None,
         stacked: tuple[StackedUplink, ...] = (),
         maker: LinkMaker | None = None,
+        autostart: bool = True,
     ) -> None:
         self.hypervisors = {hv.uri: hv for hv in hypervisors}
         self.links = links
@@ -183,6 +192,9 @@ class Engine:
         self.stacked = stacked
         self.maker = maker
         self.observed: dict[Key, Observed] = {}
+        self.autostart = autostart
+        self.starts: dict[tuple[str, str], WaitingStart] = {}
+        self.failed_starts: set[tuple[str, str]] = set()  # not started again in this convergence
         self.tried_links: set[str] = set()  # [[stacked]] links created and interfaces hooked, once per run
         # NICs whose uplink changed during their attach, once and twice
         self.flapped: set[Key] = set()
@@ -201,6 +213,7 @@ class Engine:
         reachable: set[str] = set()
         pools: dict[tuple[str, str], tuple[str, ...]] = {}
         unreachable = []
+        stopped: list[StoppedDomain] = []
         for uri, hv in self.hypervisors.items():
             try:
                 views = hv.running_domains()
@@ -208,6 +221,13 @@ class Engine:
                 unreachable.append(uri)
                 log.warning("%s", exc)
                 continue
+            if self.autostart:
+                try:
+                    stopped.extend(hv.stopped_domains())
+                except HypervisorUnavailable as exc:
+                    unreachable.append(uri)
+                    log.warning("%s", exc)
+                    continue
             reachable.add(uri)
             domains.extend(views)
             networks = {n.network for v in views for n in v.nics if n.network}
@@ -234,6 +254,9 @@ class Engine:
             appeared=tuple(h.iface for h in self.hints if h.action == "add" and h.iface) if self.hooks else (),
             fresh_run=self.fresh_run(),
             unreachable=tuple(unreachable),
+            stopped=tuple(stopped),
+            starts=tuple(self.starts.values()),
+            autostart=self.autostart,
         )
         return replace(snap, identities=self._read_identities(identities_wanted(snap), links))
 
@@ -258,6 +281,7 @@ class Engine:
         (read by the caller: a run moves a corrupt file aside, status and
         the dry run must not) and the uplinks seen renamed; returns the latter."""
         self.records = {rec.key: rec for rec in records}
+        self.starts = {rec.key: rec for rec in self.store.load_starts()}
         known = self.store.load_renamed()
         self.observed = {k: Observed(ifindex, ident) for k, (ifindex, ident) in known.items()}
         return known
@@ -295,6 +319,7 @@ class Engine:
         if self.report.unreadable or self.report.unreachable or not self.report.settled:
             self.report.uplinks = None  # some live NIC may sit on an uplink nobody knows of
         self.report.attention = [r for r in self.records.values() if r.needs_attention]
+        self.report.waiting_to_start = list(self.starts.values())
         return self.report
 
     def _rounds(
@@ -304,11 +329,11 @@ class Engine:
             snap = self.snapshot()
             self.links_now, self.report.unreachable = snap.links, list(snap.unreachable)
             todo = plan(snap, retry_stuck=retry_stuck, only=only, retry_failed=retry_failed)
-            todo = todo.without(failed | self.flapped_twice, self.meta_failed, self.tried_links)
+            todo = todo.without(failed | self.flapped_twice, self.meta_failed, self.tried_links, self.failed_starts)
             self.observed = dict(todo.observed)
             if todo.empty:
                 self.report.final = snap
-                self.report.uplinks = watched_uplinks(snap, self.records.values())
+                self.report.uplinks = watched_uplinks(snap, self.records.values(), self.starts.values())
                 self.report.recorded = bool(self.records)
                 break
             failed.update(self.execute(todo))
@@ -336,6 +361,8 @@ class Engine:
             failed |= self._attach(todo.attach)
         if todo.put_back:
             failed |= self._put_back(todo.put_back)
+        if todo.starts.changed or todo.starts.start:
+            self._starts(todo.starts)
         for spec in todo.create:
             self._create(spec)
         for h in todo.hooks:
@@ -343,6 +370,55 @@ class Engine:
             if self.hooks is not None:
                 self.hooks.run(h.iface, h.waiting)
         return failed
+
+    # -- domains waiting to start --------------------------------------------
+
+    def _starts(self, sp: StartPlan) -> None:
+        for rec, why in sp.forget:
+            log.info("no longer waiting to start domain %s: %s", rec.name, why)
+        for rec in sp.waiting:
+            if rec.key not in self.starts:
+                log.info(
+                    "domain %s could not start: it waits for %s", rec.name, " and ".join(rec.missing(self.links_now))
+                )
+        self.starts = {r.key: r for r in sp.waiting}
+        for rec in sp.start:
+            self._start(rec)
+        self.store.save_starts(self.starts.values())
+
+    def _start(self, rec: WaitingStart) -> None:
+        """Start it once (as defined); forget it when it runs. A start cut
+        short by an interface that went again leaves it waiting; any other
+        failure is logged and kept, not retried in this convergence."""
+        ref = DomainRef(rec.uri, rec.uuid, -1, rec.name)
+        hv = self.hypervisors.get(rec.uri)
+        if hv is None:
+            return
+        try:
+            hv.start_domain(rec.uuid)
+        except DomainGone:
+            self.starts.pop(rec.key, None)
+            log.info("no longer waiting to start domain %s: it was undefined", rec.name)
+            return
+        except (HypervisorError, HypervisorUnavailable) as exc:
+            missing = rec.missing(self.links.snapshot())
+            if missing:
+                log.info("start of domain %s was cut short: %s went again; it waits", rec.name, " and ".join(missing))
+                return
+            self.failed_starts.add(rec.key)
+            self.starts[rec.key] = replace(rec, last_error=str(exc))
+            self.report.failed += 1
+            log.error(
+                "could not start domain %s: %s", rec.name, exc, extra=messages.fields(messages.FAILED, ref, "", None)
+            )
+            return
+        self.starts.pop(rec.key, None)
+        self.report.started += 1
+        names = sorted({n for need in rec.needs for n in need if n in self.links_now})
+        log.info(
+            "started domain %s: libvirt could not autostart it, and %s exists now", rec.name, " and ".join(names),
+            extra=messages.fields(messages.STARTED, ref, "", ", ".join(names)),
+        )  # fmt: skip
 
     def _create(self, spec: StackedUplink) -> None:
         self.tried_links.add(spec.name)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from macvtap_hook import nicxml, pools
 from macvtap_hook.errors import DomainGone, HypervisorError, HypervisorUnavailable
-from macvtap_hook.model import DomainRef, DomainView, LiveNic, ParkedNic
+from macvtap_hook.model import DomainRef, DomainView, LiveNic, ParkedNic, StoppedDomain
 from macvtap_hook.records import METADATA_KEY, METADATA_URI, to_metadata
 
 if TYPE_CHECKING:
@@ -32,6 +32,12 @@ class Hypervisor(Protocol):
     def running_domains(self) -> list[DomainView]: ...
     def pool_members(self, network: str) -> tuple[str, ...]: ...
     def live_nic(self, dom: DomainRef, mac: str) -> LiveNic | None: ...
+    def stopped_domains(self) -> list[StoppedDomain]:
+        """The persistent domains marked autostart that are not running."""
+
+    def start_domain(self, uuid: str) -> None:
+        """Start a defined domain as it is defined (virDomainCreate)."""
+
     def write_metadata(self, dom: DomainRef, records: Sequence[ParkedNic]) -> None: ...
     def request_detach(self, dom: DomainRef, nic: LiveNic) -> None:
         """Ask the guest to release the NIC (returning also when it is still
@@ -48,6 +54,11 @@ def _silence(_ctx: Any, _err: Any) -> None:
     """libvirt prints every error to stderr by default; ours are logged once."""
 
 
+# libvirt's VIR_DOMAIN_SHUTOFF_* reasons, by number.
+SHUTOFF_REASONS = {
+    0: "unknown", 1: "shutdown", 2: "destroyed", 3: "crashed", 4: "migrated", 5: "saved", 6: "failed",
+    7: "from snapshot", 8: "daemon",
+}  # fmt: skip
 # QEMU's answer to a second unplug request while the first one runs.
 UNPLUG_PENDING = "already in the process of unplug"
 _CONNECTION_ERRORS = ("VIR_ERR_NO_CONNECT", "VIR_ERR_SYSTEM_ERROR", "VIR_ERR_RPC", "VIR_ERR_AUTH_FAILED")
@@ -125,6 +136,52 @@ class LibvirtHypervisor:
             return pools.pool_members(self._conn.networkLookupByName(network).XMLDesc(0))
         except self._lv.libvirtError:
             return ()
+
+    def stopped_domains(self) -> list[StoppedDomain]:
+        lv = self._lv
+        flags = lv.VIR_CONNECT_LIST_DOMAINS_INACTIVE | lv.VIR_CONNECT_LIST_DOMAINS_PERSISTENT
+        try:
+            doms = self._conn.listAllDomains(flags | lv.VIR_CONNECT_LIST_DOMAINS_AUTOSTART)
+        except lv.libvirtError as exc:
+            raise HypervisorUnavailable(uri=self.uri, reason=_reason(exc)) from None
+        found = []
+        for dom in doms:
+            try:
+                state, reason = dom.state()
+                if state != lv.VIR_DOMAIN_SHUTOFF:
+                    continue
+                sources = nicxml.interface_sources(dom.XMLDesc(lv.VIR_DOMAIN_XML_INACTIVE))
+                needs = tuple(need for kind, name in sources if (need := self._need(kind, name)))
+                found.append(
+                    StoppedDomain(self.uri, dom.UUIDString(), dom.name(), SHUTOFF_REASONS.get(reason, "?"), needs)
+                )
+            except (lv.libvirtError, nicxml.XmlError):
+                continue  # started, undefined or unreadable meanwhile: the next run looks again
+        return found
+
+    def _need(self, kind: str, name: str) -> tuple[str, ...]:
+        """The interfaces of which one must exist for a NIC to start: its
+        uplink or bridge; a network's bridge, or any member of its pool.
+        Nothing for a network that is not running (libvirt says why)."""
+        if kind != "network":
+            return (name,)
+        try:
+            net = self._conn.networkLookupByName(name)
+            if not net.isActive():
+                return ()
+            xml = net.XMLDesc(0)
+        except self._lv.libvirtError:
+            return ()
+        members = pools.pool_members(xml)
+        bridge = nicxml.parse(xml, "network XML").find("bridge")
+        return members or ((bridge.get("name", ""),) if bridge is not None and bridge.get("name") else ())
+
+    def start_domain(self, uuid: str) -> None:
+        lv = self._lv
+        try:
+            self._conn.lookupByUUIDString(uuid).create()
+        except lv.libvirtError as exc:
+            raise self._fail("start", exc) from None
 
     def _domain(self, ref: DomainRef) -> libvirt.virDomain:
         try:

@@ -32,6 +32,8 @@ KEY_HELP = {
     "systemd, else a detached worker (detach); inline does it inside the udev RUN program itself, which stalls "
     "every guest start for up to two minutes with libvirt 12.3 and later",
     "log_file": "also log to this file (empty: no file)",
+    "autostart": "under a [start] table: a domain marked autostart that libvirt could not start because an "
+    "interface it needs was missing is started once they all exist (false: never)",
     "metrics_file": "write metrics here after every run, for node_exporter's textfile collector "
     "(empty: none; the folder must exist)",
     "uplink_hooks_dir": "executables run, in name order, when an interface appears while a parked NIC waits for "

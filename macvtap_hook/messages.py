@@ -18,6 +18,7 @@ REPAIRED = "repaired"
 STUCK = "stuck"
 FORGOTTEN = "forgotten"
 FAILED = "failed"
+STARTED = "started"  # a domain libvirt could not autostart, started once its interfaces exist
 # Not a kind of its own: the request that precedes "parked" or "stuck".
 PARKING = "parking"
 
@@ -28,6 +29,7 @@ MESSAGE_IDS: dict[str, str] = {
     STUCK: "951164d8ce1247dda20783baf36e908e",
     FORGOTTEN: "b7ed36f303014c5d8c7909c269df0604",
     FAILED: "3e0f435855154e0185446182d4a0a15e",
+    STARTED: "1d1c70c61ed04155a8ee088182b4a26a",
 }
 
 FIELD_PREFIX = "MACVTAP_HOOK_"

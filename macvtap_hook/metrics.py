@@ -31,9 +31,12 @@ COUNTERS: dict[str, str] = {
     "parks": "NICs parked: live-detached because their uplink was gone (or to be repaired)",
     "reattaches": "Parked NICs re-attached and confirmed in the live XML",
     "forgets": "Parked records forgotten (domain stopped or restarted, NIC back by other means)",
-    "failures": "Failures: re-attaches that failed, NICs found stuck, runs that could not reach libvirt",
+    "starts": "Domains libvirt could not autostart for a missing interface, started once it existed",
+    "failures": "Failures: re-attaches or starts that failed, NICs found stuck, runs that could not reach libvirt",
 }
 NICS_HELP = "NICs the tool protects, by state, at the end of the last run that reached libvirt"
+WAITING = "domains_waiting_to_start"
+WAITING_HELP = "Domains marked autostart that wait for an interface to start, after the last run that reached libvirt"
 GAUGES: dict[str, str] = {
     "last_run_timestamp_seconds": "When the last run started (Unix time)",
     "last_run_duration_seconds": "How long the last run took, from taking the lock to its end",
@@ -50,15 +53,18 @@ class RunTally:
     clock: float = field(default_factory=time.monotonic)
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTERS, 0))
     nics: dict[str, int] | None = None
+    waiting: int | None = None
     ok: bool = False
 
     def add(self, report: Report) -> None:
         self.counts["parks"] += report.parked
         self.counts["reattaches"] += report.attached
         self.counts["forgets"] += report.forgotten
+        self.counts["starts"] += report.started
         self.counts["failures"] += report.failed + report.stuck
         if report.final is not None:
             self.nics = count_by_state(protected_nics(report.final))
+            self.waiting = len(report.waiting_to_start)
 
     def write(self, path: Path | None) -> None:
         """Add this run to the file's totals; a failure here only warns."""
@@ -71,7 +77,10 @@ class RunTally:
             totals, nics = read(path)
             for name, value in self.counts.items():
                 totals[name] = totals.get(name, 0) + value
-            text = render(totals, self.nics if self.nics is not None else nics, self.started, self.elapsed, self.ok)
+            waiting = self.waiting if self.waiting is not None else int(totals.pop(WAITING, 0))
+            text = render(
+                totals, self.nics if self.nics is not None else nics, self.started, self.elapsed, self.ok, waiting
+            )
             atomic_write(path, text.encode(), mode=0o644)
         except OSError as exc:
             log.warning("could not write the metrics file %s: %s", path, exc)
@@ -103,6 +112,8 @@ def read(path: Path) -> tuple[dict[str, float], dict[str, int]]:
             nics[state] = int(value)
         elif base.endswith("_total") and base.removesuffix("_total") in COUNTERS:
             totals[base.removesuffix("_total")] = value
+        elif base == WAITING:
+            totals[WAITING] = value  # a gauge, kept for a run that does not reach libvirt
     return totals, nics
 
 
@@ -110,10 +121,17 @@ def _num(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 
-def render(totals: dict[str, float], nics: dict[str, int], started: float, elapsed: float, ok: bool) -> str:
+def render(
+    totals: dict[str, float], nics: dict[str, int], started: float, elapsed: float, ok: bool, waiting: int = 0
+) -> str:
     out = [f"# HELP {PREFIX}nics {NICS_HELP}", f"# TYPE {PREFIX}nics gauge"]
     counts = {**dict.fromkeys(NIC_STATES, 0), **nics}
     out += [f'{PREFIX}nics{{state="{state}"}} {n}' for state, n in counts.items()]
+    out += [
+        f"# HELP {PREFIX}{WAITING} {WAITING_HELP}",
+        f"# TYPE {PREFIX}{WAITING} gauge",
+        f"{PREFIX}{WAITING} {waiting}",
+    ]
     for name, text in COUNTERS.items():
         full = f"{PREFIX}{name}_total"
         out += [f"# HELP {full} {text}", f"# TYPE {full} counter", f"{full} {_num(totals.get(name, 0))}"]

@@ -6,6 +6,7 @@ libvirt say, so the planner never touches either.
 
 from __future__ import annotations
 
+from collections.abc import Container
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -173,3 +174,38 @@ def nic_key(ref: DomainRef, mac: str) -> tuple[str, str, str]:
 def nic_label(ref: DomainRef, mac: str) -> str:
     """A NIC as log lines and the dry run name it."""
     return f"NIC {mac} of domain {ref.name}"
+
+
+@dataclass(frozen=True)
+class StoppedDomain:
+    """A persistent domain marked autostart that is not running, as libvirt
+    shows it (autostart.py decides whether it waits to start)."""
+
+    uri: str
+    uuid: str
+    name: str
+    reason: str  # libvirt's shut-off reason: "failed", "unknown", "shutdown", "destroyed", ...
+    # What its start needs: each entry is satisfied by any one of its
+    # interfaces (a NIC's uplink or bridge; any member of its pool network).
+    needs: tuple[tuple[str, ...], ...] = ()
+
+
+@dataclass(frozen=True)
+class WaitingStart:
+    """A domain that libvirt could not autostart for want of an interface,
+    remembered until it is started (by us or anyone) or stops qualifying."""
+
+    uri: str
+    uuid: str
+    name: str
+    needs: tuple[tuple[str, ...], ...]
+    since: float = 0.0
+    last_error: str | None = None  # a start that failed for another reason
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.uri, self.uuid)
+
+    def missing(self, present: Container[str]) -> tuple[str, ...]:
+        """The interfaces it still waits for (a need met by none of its names)."""
+        return tuple(" or ".join(need) for need in self.needs if not any(n in present for n in need))

@@ -160,3 +160,17 @@ def with_link_down(nic: LiveNic) -> str:
     link.attrib.clear()
     link.set("state", "down")
     return to_text(iface, indent=True)
+
+
+def interface_sources(domain_xml: str) -> tuple[tuple[str, str], ...]:
+    """What each NIC of a (persistent) domain XML is started on: ("dev",
+    uplink) for a direct NIC, ("bridge", name), ("network", name)."""
+    root = parse(domain_xml, "domain XML")
+    found = []
+    for iface in root.iterfind("devices/interface"):
+        source = iface.find("source")
+        kind = {"direct": "dev", "bridge": "bridge", "network": "network"}.get(iface.get("type", ""))
+        name = source.get(kind) if source is not None and kind else None
+        if kind and name:
+            found.append((kind, name))
+    return tuple(found)

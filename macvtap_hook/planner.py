@@ -9,11 +9,22 @@ late or missed events converge to the same end state.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Set
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+from macvtap_hook.autostart import StartPlan, plan_starts
 from macvtap_hook.bridgeports import PutBack, plan_ports
 from macvtap_hook.identity import StackedUplink, UplinkIdentity, UplinkRule
-from macvtap_hook.model import DomainRef, DomainView, Link, Links, LiveNic, ParkedNic, nic_key
+from macvtap_hook.model import (
+    DomainRef,
+    DomainView,
+    Link,
+    Links,
+    LiveNic,
+    ParkedNic,
+    StoppedDomain,
+    WaitingStart,
+    nic_key,
+)
 from macvtap_hook.pools import absent_members, candidates_of
 
 Key = tuple[str, str, str]
@@ -55,6 +66,11 @@ class Snapshot:
     # The interfaces this run was told appeared (udev add), for the uplink
     # hooks; empty when there are none to run.
     appeared: tuple[str, ...] = ()
+    # Autostart domains that are not running (autostart.py), the domains
+    # recorded as waiting to start, and config.toml's [start] autostart.
+    stopped: tuple[StoppedDomain, ...] = ()
+    starts: tuple[WaitingStart, ...] = ()
+    autostart: bool = True
     # A new run token, for a domain whose live metadata holds none yet
     # (see same_run); the engine makes it, as it reads the clock.
     fresh_run: str = ""
@@ -116,14 +132,22 @@ class Plan:
     put_back: tuple[PutBack, ...] = ()  # bridge taps to put back on their bridge
     create: tuple[StackedUplink, ...] = ()  # declared links parked NICs wait for, on a present parent
     hooks: tuple[RunHooks, ...] = ()
+    starts: StartPlan = field(default_factory=StartPlan)  # domains waiting to start, and those to start now
 
     @property
     def empty(self) -> bool:
         return not (
             self.forget or self.resync or self.park or self.attach or self.put_back or self.create or self.hooks
-        )
+            or self.starts.start or self.starts.changed
+        )  # fmt: skip
 
-    def without(self, failed: Set[Key], no_metadata: Set[tuple[str, str]], tried: Set[str] = frozenset()) -> Plan:
+    def without(
+        self,
+        failed: Set[Key],
+        no_metadata: Set[tuple[str, str]],
+        tried: Set[str] = frozenset(),
+        failed_starts: Set[tuple[str, str]] = frozenset(),
+    ) -> Plan:
         """This plan less what already failed in this run (tried again on the
         next event, not in a loop), the resyncs of domains whose metadata
         cannot be written, and the links already created or hooked (`tried`,
@@ -139,6 +163,7 @@ class Plan:
             put_back=tuple(e for e in self.put_back if nic_key(e.domain, e.mac) not in failed),
             create=tuple(s for s in self.create if s.name not in tried),
             hooks=tuple(h for h in self.hooks if h.iface not in tried),
+            starts=replace(self.starts, start=tuple(r for r in self.starts.start if r.key not in failed_starts)),
         )
 
 
@@ -306,6 +331,16 @@ def plan(
         put_back=plan_ports(snap.domains, snap.links, only),
         create=create,
         hooks=hooks,
+        starts=plan_starts(
+            snap.stopped,
+            snap.starts,
+            running={(d.ref.uri, d.ref.uuid) for d in snap.domains},
+            reachable=snap.reachable,
+            present=snap.links,
+            now=snap.now,
+            enabled=snap.autostart,
+            retry_failed=retry_failed,
+        ),
     )
 
 

@@ -65,6 +65,20 @@ def _hooks(todo: Plan) -> Iterable[str]:
         yield f"run uplink hooks: for {h.iface}, which appeared (parked NICs wait for {' or '.join(h.waiting)})"
 
 
+def _starts(todo: Plan) -> Iterable[str]:
+    starting = {r.key for r in todo.starts.start}
+    for rec, why in todo.starts.forget:
+        yield f"forget: domain {rec.name} waiting to start: {why}"
+    for rec in todo.starts.waiting:
+        if rec.key in starting:
+            names = " and ".join(" or ".join(need) for need in rec.needs)
+            yield f"start: domain {rec.name}, which libvirt could not autostart: {names} exist now"
+        elif rec.last_error is not None:
+            yield f"leave: domain {rec.name} waiting to start; its last start failed ({rec.last_error})"
+        else:
+            yield f"leave: domain {rec.name} waiting to start, for {' or '.join(n for need in rec.needs for n in need)}"
+
+
 def _waiting(todo: Plan) -> Iterable[str]:
     for rec in todo.waiting:
         if rec.state == "stuck":
@@ -81,7 +95,9 @@ def _ambiguous(todo: Plan) -> Iterable[str]:
 
 Describer = Callable[[Plan], Iterable[str]]
 # In the order the engine carries the actions out.
-DESCRIBERS: list[Describer] = [_forget, _resync, _park, _attach, _put_back, _create, _hooks, _waiting, _ambiguous]
+DESCRIBERS: list[Describer] = [
+    _forget, _resync, _park, _attach, _put_back, _starts, _create, _hooks, _waiting, _ambiguous,
+]  # fmt: skip
 
 
 def describe(todo: Plan) -> list[str]:

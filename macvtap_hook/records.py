@@ -19,7 +19,7 @@ from typing import Any
 from macvtap_hook.errors import BadInterfaceName
 from macvtap_hook.identity import UplinkIdentity
 from macvtap_hook.ifname import check_ifname
-from macvtap_hook.model import PARK_STATES, DomainRef, ParkedNic
+from macvtap_hook.model import PARK_STATES, DomainRef, ParkedNic, WaitingStart
 
 METADATA_URI = "urn:x-macvtap-hook:parked:1"
 METADATA_KEY = "macvtap-hook"
@@ -232,3 +232,36 @@ def check_interface(xml: str, mac: str) -> None:
         raise BadRecord("not a type='direct' <interface>")
     if mac_elem is None or mac_elem.get("address", "").strip().lower() != mac:
         raise BadRecord("its MAC differs from the record's")
+
+
+# -- a domain waiting to start (autostart.py) ----------------------------------
+
+
+def start_to_dict(rec: WaitingStart) -> dict[str, Any]:
+    return {
+        "uri": rec.uri,
+        "uuid": rec.uuid,
+        "domain": rec.name,
+        "needs": [list(need) for need in rec.needs],
+        "since": rec.since,
+        "last_error": rec.last_error,
+    }
+
+
+def start_from_dict(data: Any) -> WaitingStart:
+    """BadRecord when malformed; the names it needs pass the same check as a
+    parked NIC's."""
+    try:
+        needs = tuple(tuple(check_ifname(text(n)) for n in need) for need in data["needs"])
+        error = data.get("last_error")
+        since = float(data.get("since", 0.0))
+        return WaitingStart(
+            uri=text(data["uri"]),
+            uuid=text(data["uuid"]),
+            name=text(data["domain"]),
+            needs=tuple(need for need in needs if need),
+            since=since if math.isfinite(since) else 0.0,
+            last_error=None if error is None else text(error),
+        )
+    except (KeyError, TypeError, ValueError, BadInterfaceName) as exc:
+        raise BadRecord(f"bad waiting start: {exc}") from None

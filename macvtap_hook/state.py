@@ -17,8 +17,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from macvtap_hook.identity import UplinkIdentity
-from macvtap_hook.model import ParkedNic
-from macvtap_hook.records import BadRecord, from_dict, text, to_dict
+from macvtap_hook.model import ParkedNic, WaitingStart
+from macvtap_hook.records import BadRecord, from_dict, start_from_dict, start_to_dict, text, to_dict
 from macvtap_hook.safety import check_owned_by_root, ensure_private_dir
 
 SCHEMA = 1
@@ -147,6 +147,35 @@ class StateStore:
             ]
         }
         atomic_write(self.renamed_path, json.dumps(body, indent=2, sort_keys=True).encode() + b"\n")
+
+    # -- domains waiting to start (autostart.py) ------------------------------
+
+    @property
+    def starts_path(self) -> Path:
+        return self.path.with_name("waiting-to-start.json")
+
+    def load_starts(self) -> tuple[WaitingStart, ...]:
+        """Kept apart from the NICs' records: the cheap path never reads it.
+        A damaged file is set aside: the next run records the domains again
+        (libvirt still shows them shut off)."""
+        try:
+            raw = self.starts_path.read_bytes()
+            check_owned_by_root(self.starts_path)
+            return tuple(start_from_dict(item) for item in json.loads(raw)["waiting"])
+        except FileNotFoundError:
+            return ()
+        except (OSError, KeyError, TypeError, ValueError) as exc:
+            log.warning("ignoring %s: %s", self.starts_path, exc)
+            return ()
+
+    def save_starts(self, starts: Iterable[WaitingStart]) -> None:
+        items = [start_to_dict(r) for r in sorted(starts, key=lambda r: r.key)]
+        if not items:
+            with contextlib.suppress(FileNotFoundError):
+                self.starts_path.unlink()
+            return
+        ensure_private_dir(self.path.parent)
+        atomic_write(self.starts_path, json.dumps({"waiting": items}, indent=2, sort_keys=True).encode() + b"\n")
 
     def ensure_exists(self) -> None:
         if not self.path.exists():

@@ -17,7 +17,7 @@ from macvtap_hook import records
 from macvtap_hook.config import Config
 from macvtap_hook.errors import HypervisorUnavailable, UnsafePath
 from macvtap_hook.hints import HintQueue
-from macvtap_hook.model import ParkedNic
+from macvtap_hook.model import ParkedNic, WaitingStart
 from macvtap_hook.protected import (
     ALIVE,
     DEAD,
@@ -115,6 +115,11 @@ def protected_entry(row: ProtectedNic) -> dict[str, Any]:
     }
 
 
+def start_entry(rec: WaitingStart) -> dict[str, Any]:
+    """A domain as `status --json` shows it in `waiting_to_start` (README)."""
+    return {**records.start_to_dict(rec), "since": _iso(rec.since), "needs_attention": rec.last_error is not None}
+
+
 @dataclass
 class StatusView:
     """Everything `status` prints, gathered once."""
@@ -125,12 +130,17 @@ class StatusView:
     unreachable: dict[str, str] = field(default_factory=dict)  # URI -> why
     pending: int = 0
     problem: str | None = None
+    starts: tuple[WaitingStart, ...] = ()  # domains waiting to start (autostart.py)
 
     @property
     def attention(self) -> bool:
         # The rows, not the file: they hold records only a domain's metadata
         # has, and leave out those the next run forgets.
-        return any(r.needs_attention for r in self.protected) or self.problem is not None
+        return (
+            any(r.needs_attention for r in self.protected)
+            or any(s.last_error is not None for s in self.starts)
+            or self.problem is not None
+        )
 
 
 def read_records(cfg: Config) -> tuple[tuple[ParkedNic, ...], str | None]:
@@ -151,7 +161,7 @@ def build_view(
     """The view from whatever libvirt connections could be opened."""
     from macvtap_hook.compose import reading_engine
 
-    view = StatusView(records=records)
+    view = StatusView(records=records, starts=store.load_starts())
     view.unreachable = {
         exc.fields["uri"]: f"cannot reach libvirt at {exc.fields['uri']}: {exc.fields['reason']}" for exc in failures
     }
@@ -194,6 +204,7 @@ def render_json(view: StatusView) -> str:
         "unreachable": [{"uri": uri, "reason": why} for uri, why in sorted(view.unreachable.items())],
         "protected": [protected_entry(row) for row in view.protected],
         "parked": [status_entry(r) for r in view.records],
+        "waiting_to_start": [start_entry(s) for s in view.starts],
         "pending_events": view.pending,
         "problem": view.problem,
     }
@@ -240,6 +251,10 @@ def render_text(view: StatusView) -> str:
             note = row_advice(row)
             if note:
                 lines.append(f"{row.domain.name} {row.mac}: {row.state}; {note}")
+    for s in view.starts:
+        waits = " and ".join(" or ".join(need) for need in s.needs)
+        failed = f"; its last start failed: {s.last_error}" if s.last_error else ""
+        lines.append(f"domain {s.name} waits to start (libvirt could not autostart it): it needs {waits}{failed}")
     if view.pending:
         lines.append(f"{view.pending} event(s) pending: the next run (or 'macvtap-hook reconcile') acts on them")
     return "\n".join(lines) + "\n"

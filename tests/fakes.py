@@ -23,7 +23,7 @@ from macvtap_hook.engine import Engine, Report
 from macvtap_hook.errors import DomainGone, HypervisorError, HypervisorUnavailable, LinkError
 from macvtap_hook.hints import Hint
 from macvtap_hook.identity import StackedUplink, UplinkIdentity, identity_from_udev
-from macvtap_hook.model import DomainRef, DomainView, Link, Links, LiveNic, ParkedNic, PortSettings
+from macvtap_hook.model import DomainRef, DomainView, Link, Links, LiveNic, ParkedNic, PortSettings, StoppedDomain
 from macvtap_hook.records import METADATA_URI, to_metadata
 from macvtap_hook.state import StateStore
 from macvtap_hook.udevprops import udev_identity_env
@@ -147,6 +147,8 @@ class FakeHypervisor:
         self.fail_attach: str | None = None
         self.during_attach: Callable[[], None] | None = None  # e.g. the uplink flaps meanwhile
         self.calls: list[tuple[str, str]] = []
+        # Persistent domains that are not running: uuid -> (name, NIC XMLs, autostart, shut-off reason)
+        self.defined: dict[str, tuple[str, list[str], bool, str]] = {}
         self._tap = itertools.count(0)
         self._ids = itertools.count(1)
         self._lock = threading.RLock()
@@ -163,6 +165,47 @@ class FakeHypervisor:
         for xml in nics:
             self._plug(self.guests[uuid], ET.fromstring(xml))
         return self.ref(uuid)
+
+    def define(
+        self, name: str, uuid: str, nics: Sequence[str] = (), autostart: bool = True, reason: str = "failed"
+    ) -> None:
+        """A persistent domain that is shut off (libvirt's reason)."""
+        self.defined[uuid] = (name, list(nics), autostart, reason)
+
+    def stopped_domains(self) -> list[StoppedDomain]:
+        self._check()
+        found = []
+        for uuid, (name, nics, autostart, reason) in self.defined.items():
+            if autostart and uuid not in self.guests:
+                needs = tuple(n for n in (self._need(ET.fromstring(x)) for x in nics) if n)
+                found.append(StoppedDomain(self.uri, uuid, name, reason, needs))
+        return found
+
+    def _need(self, iface: ET.Element) -> tuple[str, ...]:
+        source = iface.find("source")
+        assert source is not None
+        if iface.get("type") == "network":
+            net = source.get("network", "")
+            return self.networks.get(net) or ((self.bridges[net],) if net in self.bridges else ())
+        return (source.get("dev") or source.get("bridge") or "",)
+
+    def start_domain(self, uuid: str) -> None:
+        self._check()
+        self.calls.append(("start", uuid))
+        if uuid in self.guests:
+            raise HypervisorError(
+                operation="start", reason="Requested operation is not valid: domain is already running"
+            )
+        if uuid not in self.defined:
+            raise DomainGone(uuid=uuid, domain_id="?")
+        name, nics, _, _ = self.defined[uuid]
+        for xml in nics:
+            need = self._need(ET.fromstring(xml))
+            if need and not any(n in self.links.links for n in need):
+                raise HypervisorError(
+                    operation="start", reason=f"Unable to get index for interface {need[0]}: No such device"
+                )
+        self.start(name, uuid, nics)
 
     def ref(self, uuid: str) -> DomainRef:
         root = self.guests[uuid].root
@@ -400,7 +443,7 @@ MAC1, MAC2, MAC3 = "52:54:00:00:00:01", "52:54:00:00:00:02", "52:54:00:00:00:03"
 UUID1, UUID2 = "11111111-1111-1111-1111-111111111111", "22222222-2222-2222-2222-222222222222"
 
 
-ENGINE_WIRING = frozenset({"configured", "identities", "hints", "rules", "hooks", "stacked", "maker"})
+ENGINE_WIRING = frozenset({"configured", "identities", "hints", "rules", "hooks", "stacked", "maker", "autostart"})
 
 
 class World:

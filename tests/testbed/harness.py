@@ -472,6 +472,16 @@ class Guest:
         self.dom = self.conn.createXML(self.xml(), 0)
         return self
 
+    def define(self, autostart: bool = True) -> Guest:
+        """Make it a persistent domain, not started (`virsh define`), marked
+        autostart or not (`virsh autostart`); the cleanup undefines it."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        if self.console.exists():
+            self.console.unlink()
+        self.dom = self.conn.defineXML(self.xml())
+        self.dom.setAutostart(1 if autostart else 0)
+        return self
+
     def domain(self) -> libvirt.virDomain:
         if self.dom is None:
             raise RuntimeError(f"guest {self.name} not started")

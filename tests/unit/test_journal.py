@@ -17,7 +17,7 @@ import pytest
 from systemd import journal
 
 from macvtap_hook import index, logsetup, messages
-from tests.fakes import MAC1, UUID1, World, direct_nic
+from tests.fakes import MAC1, MAC2, UUID1, UUID2, World, direct_nic
 
 
 class Capture(logging.Handler):
@@ -74,10 +74,14 @@ def test_every_kind_of_action_carries_its_fields(world: World, capture: Capture)
     world.hv.guests[UUID1].releases = False
     world.links.delete("up0")
     world.converge()  # stuck
+    world.hv.define("db1", UUID2, [direct_nic(MAC2, "up9")])
+    world.converge()  # it could not autostart: it waits for up9
+    world.links.add("up9")
+    world.converge()  # started
 
     assert capture.actions() == [
         "parking", "parked", "failed", "re-attached", "repaired", "parked", "re-attached",
-        "parking", "parked", "forgotten", "parking", "stuck",
+        "parking", "parked", "forgotten", "parking", "stuck", "started",
     ]  # fmt: skip
     first = capture.records[0].__dict__
     assert {k: v for k, v in first.items() if k.startswith("MACVTAP_HOOK_")} == {
@@ -88,14 +92,18 @@ def test_every_kind_of_action_carries_its_fields(world: World, capture: Capture)
         "MACVTAP_HOOK_UPLINK": "up0",
         "MACVTAP_HOOK_URI": ref.uri,
     }
-    ids = {r.__dict__["MACVTAP_HOOK_ACTION"]: r.__dict__.get("MESSAGE_ID") for r in capture.records}
+    ids = {
+        r.__dict__["MACVTAP_HOOK_ACTION"]: r.__dict__.get("MESSAGE_ID")
+        for r in capture.records
+        if "MACVTAP_HOOK_ACTION" in r.__dict__
+    }
     assert ids == {**messages.MESSAGE_IDS, "parking": None}
     assert capture.records[1].getMessage() == f"parked NIC {MAC1} of domain web1: detached, waiting for up0"
 
 
 def test_message_ids_are_distinct_128_bit_ids() -> None:
     ids = list(messages.MESSAGE_IDS.values())
-    assert len(set(ids)) == len(ids) == 6
+    assert len(set(ids)) == len(ids) == 7
     for mid in ids:
         assert len(mid) == 32 and int(mid, 16) >= 0
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
