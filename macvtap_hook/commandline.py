@@ -37,7 +37,9 @@ def parser() -> argparse.ArgumentParser:
     main = argparse.ArgumentParser(
         prog="macvtap-hook",
         description="Keep libvirt guests' macvtap NICs alive across the loss and return of their host interface: "
-        "park (live-detach) a NIC whose uplink is gone, re-attach it unchanged when the uplink is back.",
+        "park (live-detach) a NIC whose uplink is gone, re-attach it unchanged when the uplink is back; "
+        "put a bridged guest's tap back on a re-created bridge; start a domain marked autostart that libvirt "
+        "could not start for a missing interface once that interface exists.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -154,6 +154,7 @@ def files() -> list[tuple[str, str]]:
         (str(DEFAULT_CONFIG_PATH), f"the optional configuration (see CONFIGURATION); {CONFIG_ENV} names another"),
         (str(cfg.state_file), "the records of parked NICs; kept when the package is removed"),
         (f"{cfg.state_file}.corrupt-*", "a state file that could not be read, moved aside (rebuilt from libvirt)"),
+        (str(cfg.state_dir / "waiting-to-start.json"), "the domains waiting to start (see [start] autostart)"),
         (str(cfg.lock_file), "the lock every run takes"),
         (f"{cfg.hints_dir}/", "events kept for the next run"),
         (f"/usr/lib/udev/rules.d/{hostfiles.RULE_NAME}", "the udev rule"),

@@ -421,6 +421,33 @@ def test_storm_of_15_flaps_converges_to_one_live_nic(harness, host, bed, timings
     print(f"{len(worker_instances(host, bed.cursor))} macvtap-hook@ instances logged during the storm")
 
 
+def test_a_guest_libvirt_could_not_autostart_starts_when_its_uplink_appears(harness, host, bed) -> None:  # type: ignore[no-untyped-def]
+    """Issue 14 on the packaged path: libvirtd starts as at boot (its
+    autostart marker gone) and fails the guest's start, the reconcile unit
+    its drop-in starts records it, the uplink's udev add starts it."""
+    up = harness.Uplink.make(0, SUB)
+    nic = harness.Nic.direct(up, 10)
+    up.delete()
+    guest = bed.guest([nic], start=False).define(autostart=True)
+    bed.conn.close()
+    stop_libvirtd(host)
+    host.run("rm", "-f", "/run/libvirt/qemu/autostarted")
+    cursor = host_cursor(host)
+    host.systemctl("start", *LIBVIRT_UNITS[:3], "libvirtd.service")
+    settle(host)
+    bed.reconnect()
+    assert not guest.domain().isActive(), "libvirt's own autostart failed"
+    ran = unit_lines(host, cursor, f"{PKG}-reconcile.service")
+    assert any(f"domain {guest.name} could not start: it waits for {up.name}" in line for line in ran), "\n".join(ran)
+    assert [s["domain"] for s in status(host)["waiting_to_start"]] == [guest.name]
+    up.recreate()
+    settle(host)
+    wait_for(lambda: guest.domain().isActive(), 30, f"{guest.name} started")
+    guest.wait_for_ping(nic.mac, timeout=90)
+    assert status(host)["waiting_to_start"] == []
+    assert tool_errors(host, cursor) == []
+
+
 NM_CONN, NM_PORT = f"{SUB}-br0", f"{SUB}-port5"
 
 
