@@ -7,12 +7,13 @@ interface the domain's start needs is missing then (a USB NIC, a VLAN or
 bridge made a few seconds later), the start fails and the domain stays shut
 off. Only what libvirt itself was to start is taken over: a persistent
 domain marked autostart, shut off with libvirt's reason "failed" (its start
-failed) or "unknown" (not started since libvirtd came up), never one that
-was shut down, destroyed, saved or crashed: someone or something else
-stopped it. It is recorded while an interface its start needs is missing
-and started once they all exist; a record is dropped when the domain runs
-(started by anyone), is undefined or unmarked, or was stopped in another
-way meanwhile.
+failed; libvirt 9.0, 11.3 and 12.8 give that reason to a failed autostart),
+never one that was shut down, destroyed, saved or crashed, nor one never
+started (someone or something else decided that). It is recorded while an
+interface its start needs is missing, also while libvirt is still starting
+it (that start will fail), and started once they all exist; a record is
+dropped when the domain runs (started by anyone), is undefined or unmarked,
+or was stopped in another way meanwhile.
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ from dataclasses import dataclass, replace
 
 from macvtap_hook.model import StoppedDomain, WaitingStart
 
-# libvirt's shut-off reasons (VIR_DOMAIN_SHUTOFF_*) of a domain it was to start.
-STARTABLE_REASONS = ("failed", "unknown")
+# What libvirt says of a domain it was to start: shut off because its start
+# failed, or being started right now (libvirt's autostart runs beside the
+# catch-up run that libvirtd's start triggers: that run may see it starting).
+STARTABLE_REASONS = ("failed", "starting")
 
 Key = tuple[str, str]
 
@@ -59,7 +62,7 @@ def plan_starts(
             keep.append(rec)  # what libvirt holds is unknown: left as it is
         elif not enabled:
             forget.append((rec, "starting domains is turned off ([start] autostart = false)"))
-        elif rec.key in running:
+        elif rec.key in running and rec.key not in candidates:
             forget.append((rec, "it runs: someone started it"))
         elif rec.key not in candidates:
             why = _why_not(rec.key, stopped)
@@ -75,6 +78,8 @@ def plan_starts(
             keep.append(rec)
         elif key not in known:
             continue  # nothing it needs is missing: its shut-off is not ours to undo
+        elif dom.reason == "starting":
+            forget.append((rec, "it is being started, with every interface it needs"))
         elif rec.last_error is not None and not retry_failed:
             keep.append(rec)
         else:

@@ -139,22 +139,31 @@ class LibvirtHypervisor:
 
     def stopped_domains(self) -> list[StoppedDomain]:
         lv = self._lv
-        flags = lv.VIR_CONNECT_LIST_DOMAINS_INACTIVE | lv.VIR_CONNECT_LIST_DOMAINS_PERSISTENT
+        flags = lv.VIR_CONNECT_LIST_DOMAINS_PERSISTENT | lv.VIR_CONNECT_LIST_DOMAINS_AUTOSTART
         try:
-            doms = self._conn.listAllDomains(flags | lv.VIR_CONNECT_LIST_DOMAINS_AUTOSTART)
+            doms = self._conn.listAllDomains(flags)
         except lv.libvirtError as exc:
             raise HypervisorUnavailable(uri=self.uri, reason=_reason(exc)) from None
         found = []
         for dom in doms:
             try:
                 state, reason = dom.state()
-                if state != lv.VIR_DOMAIN_SHUTOFF:
+                if dom.isActive():
+                    # Being started: libvirt's shut-off state until QEMU runs, then
+                    # paused "starting up" until it is let go.
+                    starting = state == lv.VIR_DOMAIN_SHUTOFF or (
+                        state == lv.VIR_DOMAIN_PAUSED and reason == lv.VIR_DOMAIN_PAUSED_STARTING_UP
+                    )
+                    if not starting:
+                        continue
+                    why = "starting"
+                elif state == lv.VIR_DOMAIN_SHUTOFF:
+                    why = SHUTOFF_REASONS.get(reason, "?")
+                else:
                     continue
                 sources = nicxml.interface_sources(dom.XMLDesc(lv.VIR_DOMAIN_XML_INACTIVE))
                 needs = tuple(need for kind, name in sources if (need := self._need(kind, name)))
-                found.append(
-                    StoppedDomain(self.uri, dom.UUIDString(), dom.name(), SHUTOFF_REASONS.get(reason, "?"), needs)
-                )
+                found.append(StoppedDomain(self.uri, dom.UUIDString(), dom.name(), why, needs))
             except (lv.libvirtError, nicxml.XmlError):
                 continue  # started, undefined or unreadable meanwhile: the next run looks again
         return found
