@@ -48,10 +48,13 @@ def plan_starts(
     present: Container[str],
     now: float,
     enabled: bool = True,
-    retry_failed: bool = True,
+    appeared: Container[str] = (),
 ) -> StartPlan:
     """`running`: the (URI, UUID) of running domains; `present`: the names of
-    the host's interfaces; `enabled`: config.toml's [start] autostart."""
+    the host's interfaces; `enabled`: config.toml's [start] autostart;
+    `appeared`: the interfaces this run was told appeared. A domain whose
+    start failed for another reason is tried again only when one of the
+    interfaces it needs appears again: not by every run (the timer's)."""
     known = {rec.key: rec for rec in stored}
     candidates = {(d.uri, d.uuid): d for d in stopped if d.reason in STARTABLE_REASONS} if enabled else {}
     start: list[WaitingStart] = []
@@ -80,7 +83,7 @@ def plan_starts(
             continue  # nothing it needs is missing: its shut-off is not ours to undo
         elif dom.reason == "starting":
             forget.append((rec, "it is being started, with every interface it needs"))
-        elif rec.last_error is not None and not retry_failed:
+        elif rec.last_error is not None and not any(n in appeared for need in rec.needs for n in need):
             keep.append(rec)
         else:
             start.append(rec)

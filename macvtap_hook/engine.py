@@ -257,6 +257,7 @@ class Engine:
             stopped=tuple(stopped),
             starts=tuple(self.starts.values()),
             autostart=self.autostart,
+            added=tuple(h.iface for h in self.hints if h.action == "add" and h.iface),
         )
         return replace(snap, identities=self._read_identities(identities_wanted(snap), links))
 

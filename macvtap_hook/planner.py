@@ -71,6 +71,7 @@ class Snapshot:
     stopped: tuple[StoppedDomain, ...] = ()
     starts: tuple[WaitingStart, ...] = ()
     autostart: bool = True
+    added: tuple[str, ...] = ()  # the interfaces this run's events say were added
     # A new run token, for a domain whose live metadata holds none yet
     # (see same_run); the engine makes it, as it reads the clock.
     fresh_run: str = ""
@@ -339,7 +340,7 @@ def plan(
             present=snap.links,
             now=snap.now,
             enabled=snap.autostart,
-            retry_failed=retry_failed,
+            appeared=snap.added,
         ),
     )
 

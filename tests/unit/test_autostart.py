@@ -82,10 +82,11 @@ def test_an_unreachable_libvirt_leaves_the_records_alone() -> None:
     assert (sp.start, sp.waiting, sp.forget, sp.changed) == ((), (waiting(),), (), False)
 
 
-def test_a_failed_start_waits_for_another_cause() -> None:
+def test_a_failed_start_is_tried_again_only_when_an_interface_it_needs_appears_again() -> None:
     failed = waiting(last_error="no more memory")
-    assert decide([stopped()], [failed], {"eth1"}, retry_failed=False).start == ()
-    assert decide([stopped()], [failed], {"eth1"}).start == (failed,)
+    assert decide([stopped()], [failed], {"eth1"}).start == (), "not by every run (the timer's every 2 minutes)"
+    assert decide([stopped()], [failed], {"eth1"}, appeared={"eth9"}).start == ()
+    assert decide([stopped()], [failed], {"eth1"}, appeared={"eth1"}).start == (failed,)
 
 
 # -- the engine ------------------------------------------------------------------------
@@ -128,7 +129,10 @@ def test_a_start_that_fails_otherwise_is_logged_once_and_kept(world: World, capl
     world.converge()
     world.links.add("eth1")
 
+    tries: list[str] = []
+
     def refuse(uuid: str) -> None:
+        tries.append(uuid)
         raise HypervisorError(operation="start", reason="network 'gone-net' is not active")
 
     world.hv.start_domain = refuse  # type: ignore[method-assign]
@@ -138,6 +142,12 @@ def test_a_start_that_fails_otherwise_is_logged_once_and_kept(world: World, capl
     assert report.failed == 1 and [r.last_error for r in report.waiting_to_start] == [
         "start failed: network 'gone-net' is not active"
     ]
+    world.links.take_events()
+    assert (world.converge().failed, len(tries)) == (0, 1), "no loop: the timer's run does not try again"
+    world.links.delete("eth1")
+    world.links.add("eth1")
+    assert world.converge(hints=world.links.take_events()).failed == 1, "eth1 came back: tried again"
+    assert len(tries) == 2
 
 
 def test_an_interface_gone_again_during_the_start_leaves_it_waiting(world: World) -> None:
