@@ -72,7 +72,8 @@ def _starts(todo: Plan) -> Iterable[str]:
     for rec in todo.starts.waiting:
         if rec.key in starting:
             names = " and ".join(" or ".join(need) for need in rec.needs)
-            yield f"start: domain {rec.name}, which libvirt could not autostart: {names} exist now"
+            verb = "exists" if len(rec.needs) == 1 and len(rec.needs[0]) == 1 else "exist"
+            yield f"start: domain {rec.name}, which libvirt could not autostart: {names} {verb} now"
         elif rec.last_error is not None:
             yield f"leave: domain {rec.name} waiting to start; its last start failed ({rec.last_error})"
         else:

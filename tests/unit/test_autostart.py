@@ -184,7 +184,7 @@ def test_the_dry_run_says_it_would_start_it(world: World) -> None:
     engine = world.engine()
     engine.prime(world.store.load())
     lines = describe(plan(engine.snapshot()))
-    assert "start: domain db, which libvirt could not autostart: eth1 exist now" in lines
+    assert "start: domain db, which libvirt could not autostart: eth1 exists now" in lines
 
 
 def test_status_and_metrics_show_the_waiting_and_count_the_started(world: World, tmp_path: Path) -> None:
