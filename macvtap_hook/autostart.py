@@ -37,6 +37,7 @@ class StartPlan:
     waiting: tuple[WaitingStart, ...] = ()  # the records to keep (new and changed ones included)
     forget: tuple[tuple[WaitingStart, str], ...] = ()  # and why
     changed: bool = False  # the records to keep differ from the stored ones
+    fresh: tuple[WaitingStart, ...] = ()  # the kept ones no run had recorded
 
 
 def plan_starts(
@@ -89,7 +90,8 @@ def plan_starts(
             start.append(rec)
             keep.append(rec)  # forgotten only once it runs
     changed = {r.key: r for r in keep} != known
-    return StartPlan(tuple(start), tuple(keep), tuple(forget), changed)
+    fresh = tuple(r for r in keep if r.key not in known)
+    return StartPlan(tuple(start), tuple(keep), tuple(forget), changed, fresh)
 
 
 def _why_not(key: Key, stopped: Sequence[StoppedDomain]) -> str:

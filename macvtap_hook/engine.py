@@ -377,11 +377,8 @@ class Engine:
     def _starts(self, sp: StartPlan) -> None:
         for rec, why in sp.forget:
             log.info("no longer waiting to start domain %s: %s", rec.name, why)
-        for rec in sp.waiting:
-            if rec.key not in self.starts:
-                log.info(
-                    "domain %s could not start: it waits for %s", rec.name, " and ".join(rec.missing(self.links_now))
-                )
+        for rec in sp.fresh:
+            log.info("domain %s could not start: it waits for %s", rec.name, " and ".join(rec.missing(self.links_now)))
         self.starts = {r.key: r for r in sp.waiting}
         for rec in sp.start:
             self._start(rec)

@@ -67,6 +67,7 @@ def _hooks(todo: Plan) -> Iterable[str]:
 
 def _starts(todo: Plan) -> Iterable[str]:
     starting = {r.key for r in todo.starts.start}
+    fresh = {r.key for r in todo.starts.fresh}
     for rec, why in todo.starts.forget:
         yield f"forget: domain {rec.name} waiting to start: {why}"
     for rec in todo.starts.waiting:
@@ -74,6 +75,9 @@ def _starts(todo: Plan) -> Iterable[str]:
             names = " and ".join(" or ".join(need) for need in rec.needs)
             verb = "exists" if len(rec.needs) == 1 and len(rec.needs[0]) == 1 else "exist"
             yield f"start: domain {rec.name}, which libvirt could not autostart: {names} {verb} now"
+        elif rec.key in fresh:
+            needs = " and ".join(" or ".join(need) for need in rec.needs)
+            yield f"record: domain {rec.name}, which libvirt could not autostart, waits to start (it needs {needs})"
         elif rec.last_error is not None:
             yield f"leave: domain {rec.name} waiting to start; its last start failed ({rec.last_error})"
         else:

@@ -115,9 +115,14 @@ def protected_entry(row: ProtectedNic) -> dict[str, Any]:
     }
 
 
-def start_entry(rec: WaitingStart) -> dict[str, Any]:
+def start_entry(rec: WaitingStart, present: frozenset[str] | None = None) -> dict[str, Any]:
     """A domain as `status --json` shows it in `waiting_to_start` (README)."""
-    return {**records.start_to_dict(rec), "since": _iso(rec.since), "needs_attention": rec.last_error is not None}
+    return {
+        **records.start_to_dict(rec),
+        "since": _iso(rec.since),
+        "waiting_for": None if present is None else list(rec.missing(present)),
+        "needs_attention": rec.last_error is not None,
+    }
 
 
 @dataclass
@@ -131,6 +136,7 @@ class StatusView:
     pending: int = 0
     problem: str | None = None
     starts: tuple[WaitingStart, ...] = ()  # domains waiting to start (autostart.py)
+    present: frozenset[str] | None = None  # the host's interfaces, when they could be read
 
     @property
     def attention(self) -> bool:
@@ -161,7 +167,7 @@ def build_view(
     """The view from whatever libvirt connections could be opened."""
     from macvtap_hook.compose import reading_engine
 
-    view = StatusView(records=records, starts=store.load_starts())
+    view = StatusView(records=records, starts=store.load_starts(), present=frozenset(links.snapshot().by_name))
     view.unreachable = {
         exc.fields["uri"]: f"cannot reach libvirt at {exc.fields['uri']}: {exc.fields['reason']}" for exc in failures
     }
@@ -204,7 +210,7 @@ def render_json(view: StatusView) -> str:
         "unreachable": [{"uri": uri, "reason": why} for uri, why in sorted(view.unreachable.items())],
         "protected": [protected_entry(row) for row in view.protected],
         "parked": [status_entry(r) for r in view.records],
-        "waiting_to_start": [start_entry(s) for s in view.starts],
+        "waiting_to_start": [start_entry(s, view.present) for s in view.starts],
         "pending_events": view.pending,
         "problem": view.problem,
     }
@@ -252,9 +258,16 @@ def render_text(view: StatusView) -> str:
             if note:
                 lines.append(f"{row.domain.name} {row.mac}: {row.state}; {note}")
     for s in view.starts:
-        waits = " and ".join(" or ".join(need) for need in s.needs)
-        failed = f"; its last start failed: {s.last_error}" if s.last_error else ""
-        lines.append(f"domain {s.name} waits to start (libvirt could not autostart it): it needs {waits}{failed}")
+        missing = s.missing(view.present) if view.present is not None else ()
+        if s.last_error:
+            state = f"its last start failed: {s.last_error}"
+        elif view.present is None:
+            state = "it needs " + " and ".join(" or ".join(need) for need in s.needs)
+        elif missing:
+            state = f"it waits for {' and '.join(missing)}"
+        else:
+            state = "everything it needs exists: the next run starts it"
+        lines.append(f"domain {s.name} could not autostart: {state}")
     if view.pending:
         lines.append(f"{view.pending} event(s) pending: the next run (or 'macvtap-hook reconcile') acts on them")
     return "\n".join(lines) + "\n"

@@ -187,6 +187,17 @@ def test_the_dry_run_says_it_would_start_it(world: World) -> None:
     assert "start: domain db, which libvirt could not autostart: eth1 exists now" in lines
 
 
+def test_the_dry_run_says_it_would_record_a_domain_no_run_has_seen(world: World) -> None:
+    from macvtap_hook.planner import plan
+
+    world.hv.define("db", UUID1, [direct_nic(MAC1, "eth1")])
+    engine = world.engine()
+    engine.prime(world.store.load())
+    assert describe(plan(engine.snapshot()))[0] == (
+        "record: domain db, which libvirt could not autostart, waits to start (it needs eth1)"
+    )
+
+
 def test_status_and_metrics_show_the_waiting_and_count_the_started(world: World, tmp_path: Path) -> None:
     import json
 
@@ -201,10 +212,14 @@ def test_status_and_metrics_show_the_waiting_and_count_the_started(world: World,
     world.hv.define("db", UUID1, [direct_nic(MAC1, "eth1")])
     report = world.converge()
     assert "macvtap_hook_domains_waiting_to_start 1\n" in tally(report)
-    view = status.StatusView(starts=tuple(report.waiting_to_start))
-    assert "domain db waits to start (libvirt could not autostart it): it needs eth1\n" in status.render_text(view)
+    view = status.StatusView(starts=tuple(report.waiting_to_start), present=frozenset(world.links.links))
+    assert "domain db could not autostart: it waits for eth1\n" in status.render_text(view)
     (entry,) = json.loads(status.render_json(view))["waiting_to_start"]
-    assert (entry["domain"], entry["needs"], entry["needs_attention"]) == ("db", [["eth1"]], False)
+    assert (entry["domain"], entry["needs"], entry["waiting_for"], entry["needs_attention"]) == (
+        "db", [["eth1"]], ["eth1"], False,
+    )  # fmt: skip
+    blind = status.StatusView(starts=view.starts)
+    assert "domain db could not autostart: it needs eth1\n" in status.render_text(blind), "links unread: no guess"
     world.links.add("eth1")
     text = tally(world.converge())
     assert "macvtap_hook_starts_total 1\n" in text and "macvtap_hook_domains_waiting_to_start 0\n" in text
