@@ -8,7 +8,7 @@ late or missed events converge to the same end state.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Set
+from collections.abc import Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, field, replace
 
 from macvtap_hook.autostart import StartPlan, plan_starts
@@ -316,7 +316,17 @@ def plan(
                     ambiguous.append((rec, tuple(name for name, _ in alike)))
                 waiting.append(rec)
 
-    create, hooks = _link_actions(snap, waiting)
+    starts = plan_starts(
+        snap.stopped,
+        snap.starts,
+        running={(d.ref.uri, d.ref.uuid) for d in snap.domains},
+        reachable=snap.reachable,
+        present=snap.links,
+        now=snap.now,
+        enabled=snap.autostart,
+        appeared=snap.added,
+    )
+    create, hooks = _link_actions(snap, waiting, starts.waiting)
     forgotten = {f.record.key for f in forget}
     parked = {nic_key(p.domain, p.nic.mac) for p in park}
     # What was seen of a URI that could not be read now is kept as it is.
@@ -332,26 +342,20 @@ def plan(
         put_back=plan_ports(snap.domains, snap.links, only),
         create=create,
         hooks=hooks,
-        starts=plan_starts(
-            snap.stopped,
-            snap.starts,
-            running={(d.ref.uri, d.ref.uuid) for d in snap.domains},
-            reachable=snap.reachable,
-            present=snap.links,
-            now=snap.now,
-            enabled=snap.autostart,
-            appeared=snap.added,
-        ),
+        starts=starts,
     )
 
 
-def _link_actions(snap: Snapshot, waiting: list[ParkedNic]) -> tuple[tuple[StackedUplink, ...], tuple[RunHooks, ...]]:
-    """For the interfaces parked NICs wait for that do not exist: the
-    declared [[stacked]] ones whose parent exists are created (every run: the
-    parent's own event may have been missed, and a declared link is the
-    administrator's word); for the rest, the hooks run on each interface that
-    appeared."""
-    missing = missing_uplinks(waiting, snap.links)
+def _link_actions(
+    snap: Snapshot, waiting: list[ParkedNic], starts: Sequence[WaitingStart] = ()
+) -> tuple[tuple[StackedUplink, ...], tuple[RunHooks, ...]]:
+    """For the interfaces parked NICs wait for, or domains waiting to start
+    need, that do not exist: the declared [[stacked]] ones whose parent
+    exists are created (every run: the parent's own event may have been
+    missed, and a declared link is the administrator's word); for the rest,
+    the hooks run on each interface that appeared."""
+    unmet = {n for rec in starts for need in rec.needs if not any(x in snap.links for x in need) for n in need}
+    missing = tuple(sorted(set(missing_uplinks(waiting, snap.links)) | unmet))
     create = []
     for spec in snap.stacked:
         parent = snap.links.get(spec.parent)

@@ -3,6 +3,7 @@ missing when libvirtd autostarted it is started when the uplink appears."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import libvirt
@@ -25,7 +26,7 @@ def boot_libvirtd(testbed) -> None:  # type: ignore[no-untyped-def]
     testbed.reconnect()
 
 
-def test_a_guest_libvirt_could_not_autostart_starts_when_its_uplink_appears(harness, testbed, hook) -> None:  # type: ignore[no-untyped-def]
+def test_a_guest_libvirt_could_not_autostart_starts_when_its_uplink_appears(harness, testbed, hook, timings) -> None:  # type: ignore[no-untyped-def]
     up = testbed.uplink(0)
     nic = harness.Nic.direct(up, 10)
     up.delete()  # a USB NIC not plugged in yet, a VLAN not made yet
@@ -38,10 +39,13 @@ def test_a_guest_libvirt_could_not_autostart_starts_when_its_uplink_appears(harn
     )
     assert hook.cli("reconcile").returncode == 0  # what the package's drop-in runs when libvirtd starts
     assert f"domain {guest.name} could not start: it waits for {up.name}" in hook.log()
+    start = time.monotonic()
     up.recreate()
     hook.settle()
     assert guest.domain().isActive(), f"not started:\n{hook.log()}"
+    timings["autostart: uplink back -> guest started (settled)"] = time.monotonic() - start
     guest.wait_for_ping(nic.mac, timeout=90)
+    timings["autostart: uplink back -> guest pings (TCG boot included)"] = time.monotonic() - start
     macvtap_alive_on(harness, guest, nic.mac, up)
     assert f"started domain {guest.name}: libvirt could not autostart it, and {up.name} exists now" in hook.log()
     assert not other.domain().isActive(), "a domain not marked autostart is never started"
@@ -62,3 +66,19 @@ def test_a_guest_the_administrator_shut_down_is_left_shut_off(harness, testbed, 
     hook.settle()
     assert not guest.domain().isActive()
     assert "could not start" not in hook.log() and "started domain" not in hook.log()
+
+
+def test_a_bridged_guest_libvirt_could_not_autostart_starts_when_its_bridge_is_back(harness, testbed, hook) -> None:  # type: ignore[no-untyped-def]
+    bu = testbed.bridge_uplink(5)
+    nic = harness.Nic.bridged(bu, 10)
+    bu.delete()  # a bridge NetworkManager or systemd-networkd makes a few seconds later
+    guest = testbed.guest([nic], start=False).define(autostart=True)
+    boot_libvirtd(testbed)
+    assert guest.domain().state() == [libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_SHUTOFF_FAILED]
+    assert hook.cli("reconcile").returncode == 0
+    assert f"domain {guest.name} could not start: it waits for {bu.bridge}" in hook.log()
+    bu.recreate()
+    hook.settle()
+    assert guest.domain().isActive(), f"not started:\n{hook.log()}"
+    guest.wait_for_ping(nic.mac, timeout=90)
+    assert harness.port_of(guest.macvtap_of(nic.mac))["master"] == bu.bridge, "its tap (the live <target dev>)"

@@ -223,3 +223,18 @@ def test_status_and_metrics_show_the_waiting_and_count_the_started(world: World,
     world.links.add("eth1")
     text = tally(world.converge())
     assert "macvtap_hook_starts_total 1\n" in text and "macvtap_hook_domains_waiting_to_start 0\n" in text
+
+
+def test_a_declared_stacked_link_it_needs_is_made_when_its_parent_appears(tmp_path: Path) -> None:
+    """[[stacked]] vmvlan on eth1: the domain waits for vmvlan; eth1 appears,
+    the run makes vmvlan, and the domain starts on it."""
+    from macvtap_hook.identity import StackedUplink
+
+    world = World(tmp_path, netlink=True)
+    spec = StackedUplink("vmvlan", "eth1", "macvlan")
+    world.hv.define("db", UUID1, [direct_nic(MAC1, "vmvlan")])
+    world.converge(stacked=(spec,))
+    world.links.add("eth1")
+    report = world.converge(stacked=(spec,))
+    assert "vmvlan" in world.links.links and report.started == 1
+    assert world.source(MAC1) == "vmvlan"
