@@ -68,17 +68,28 @@ def test_a_guest_the_administrator_shut_down_is_left_shut_off(harness, testbed, 
     assert "could not start" not in hook.log() and "started domain" not in hook.log()
 
 
-def test_a_bridged_guest_libvirt_could_not_autostart_starts_when_its_bridge_is_back(harness, testbed, hook) -> None:  # type: ignore[no-untyped-def]
-    bu = testbed.bridge_uplink(5)
-    nic = harness.Nic.bridged(bu, 10)
-    bu.delete()  # a bridge NetworkManager or systemd-networkd makes a few seconds later
+@pytest.mark.parametrize("kind", ["bridge", "pool"])
+def test_a_bridged_or_pool_guest_libvirt_could_not_autostart_starts_when_its_interface_is_back(
+    harness, testbed, hook, kind
+) -> None:  # type: ignore[no-untyped-def]
+    """A type='bridge' NIC whose bridge NetworkManager makes a few seconds
+    later; a type='network' NIC of a macvtap pool whose one member is late."""
+    if kind == "bridge":
+        link = testbed.bridge_uplink(5)
+        nic = harness.Nic.bridged(link, 10)
+        name = link.bridge
+    else:
+        link = testbed.uplink(4)
+        testbed.pool_network("net0", [link.name])
+        nic = harness.Nic.on_network(f"{testbed.prefix}-net0", link, 10)
+        name = link.name
+    link.delete()
     guest = testbed.guest([nic], start=False).define(autostart=True)
     boot_libvirtd(testbed)
     assert guest.domain().state() == [libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_SHUTOFF_FAILED]
     assert hook.cli("reconcile").returncode == 0
-    assert f"domain {guest.name} could not start: it waits for {bu.bridge}" in hook.log()
-    bu.recreate()
+    assert f"domain {guest.name} could not start: it waits for {name}" in hook.log()
+    link.recreate()
     hook.settle()
     assert guest.domain().isActive(), f"not started:\n{hook.log()}"
     guest.wait_for_ping(nic.mac, timeout=90)
-    assert harness.port_of(guest.macvtap_of(nic.mac))["master"] == bu.bridge, "its tap (the live <target dev>)"
