@@ -139,7 +139,12 @@ class LibvirtHypervisor:
 
     def stopped_domains(self) -> list[StoppedDomain]:
         lv = self._lv
-        flags = lv.VIR_CONNECT_LIST_DOMAINS_PERSISTENT | lv.VIR_CONNECT_LIST_DOMAINS_AUTOSTART
+        # libvirt filters: a running domain (most autostart ones) costs this
+        # run no call of its own, every round.
+        not_running = (
+            lv.VIR_CONNECT_LIST_DOMAINS_SHUTOFF | lv.VIR_CONNECT_LIST_DOMAINS_PAUSED | lv.VIR_CONNECT_LIST_DOMAINS_OTHER
+        )
+        flags = lv.VIR_CONNECT_LIST_DOMAINS_PERSISTENT | lv.VIR_CONNECT_LIST_DOMAINS_AUTOSTART | not_running
         try:
             doms = self._conn.listAllDomains(flags)
         except lv.libvirtError as exc:
@@ -181,9 +186,7 @@ class LibvirtHypervisor:
             xml = net.XMLDesc(0)
         except self._lv.libvirtError:
             return ()
-        members = pools.pool_members(xml)
-        bridge = nicxml.parse(xml, "network XML").find("bridge")
-        return members or ((bridge.get("name", ""),) if bridge is not None and bridge.get("name") else ())
+        return pools.start_interfaces(xml)
 
     def start_domain(self, uuid: str) -> None:
         lv = self._lv

@@ -46,7 +46,19 @@ def absent_members(network: str | None, candidates: tuple[str, ...], links: Link
 
 def pool_members(network_xml: str) -> tuple[str, ...]:
     """The host interfaces of a macvtap pool network (forward dev / interface)."""
+    return _members(nicxml.parse(network_xml, "network XML"))
+
+
+def start_interfaces(network_xml: str) -> tuple[str, ...]:
+    """What a NIC of this network needs to start, any one of them: the
+    members of a macvtap pool, else the network's bridge."""
     root = nicxml.parse(network_xml, "network XML")
+    bridge = root.find("bridge")
+    name = bridge.get("name", "") if bridge is not None else ""
+    return _members(root) or ((name,) if name else ())
+
+
+def _members(root: ET.Element) -> tuple[str, ...]:
     forward = root.find("forward")
     if forward is None:
         return ()

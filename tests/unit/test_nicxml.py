@@ -146,3 +146,10 @@ def test_pool_connections_and_placeholder_ports() -> None:
     assert not pools.is_placeholder_port(guest_port)
     assert pools.network_of("<interface type='network'><source network='pool'/></interface>") == "pool"
     assert pools.network_of("<interface type='direct'><source dev='eth1'/></interface>") is None
+
+
+def test_what_a_network_nic_needs_to_start() -> None:
+    pool = "<network><forward mode='vepa'><interface dev='p1'/><interface dev='p2'/></forward></network>"
+    assert pools.start_interfaces(pool) == ("p1", "p2"), "any member of the pool"
+    assert pools.start_interfaces("<network><forward mode='nat'/><bridge name='virbr9'/></network>") == ("virbr9",)
+    assert pools.start_interfaces("<network><forward mode='hostdev'/></network>") == ()
