@@ -206,6 +206,11 @@ class WaitingStart:
     def key(self) -> tuple[str, str]:
         return (self.uri, self.uuid)
 
+    @property
+    def needs_text(self) -> str:
+        """What it needs, for people: "eth1 and p1 or p2"."""
+        return " and ".join(" or ".join(need) for need in self.needs)
+
     def missing(self, present: Container[str]) -> tuple[str, ...]:
         """The interfaces it still waits for (a need met by none of its names)."""
         return tuple(" or ".join(need) for need in self.needs if not any(n in present for n in need))

@@ -72,16 +72,15 @@ def _starts(todo: Plan) -> Iterable[str]:
         yield f"forget: domain {rec.name} waiting to start: {why}"
     for rec in todo.starts.waiting:
         if rec.key in starting:
-            names = " and ".join(" or ".join(need) for need in rec.needs)
             verb = "exists" if len(rec.needs) == 1 and len(rec.needs[0]) == 1 else "exist"
-            yield f"start: domain {rec.name}, which libvirt could not autostart: {names} {verb} now"
+            yield f"start: domain {rec.name}, which libvirt could not autostart: {rec.needs_text} {verb} now"
         elif rec.key in fresh:
-            needs = " and ".join(" or ".join(need) for need in rec.needs)
+            needs = rec.needs_text
             yield f"record: domain {rec.name}, which libvirt could not autostart, waits to start (it needs {needs})"
         elif rec.last_error is not None:
             yield f"leave: domain {rec.name} waiting to start; its last start failed ({rec.last_error})"
         else:
-            yield f"leave: domain {rec.name} waiting to start, for {' or '.join(n for need in rec.needs for n in need)}"
+            yield f"leave: domain {rec.name} waiting to start (it needs {rec.needs_text})"
 
 
 def _waiting(todo: Plan) -> Iterable[str]:

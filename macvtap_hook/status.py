@@ -262,7 +262,7 @@ def render_text(view: StatusView) -> str:
         if s.last_error:
             state = f"its last start failed: {s.last_error}"
         elif view.present is None:
-            state = "it needs " + " and ".join(" or ".join(need) for need in s.needs)
+            state = f"it needs {s.needs_text}"
         elif missing:
             state = f"it waits for {' and '.join(missing)}"
         else:

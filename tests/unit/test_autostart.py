@@ -196,6 +196,14 @@ def test_the_dry_run_says_it_would_record_a_domain_no_run_has_seen(world: World)
     assert describe(plan(engine.snapshot()))[0] == (
         "record: domain db, which libvirt could not autostart, waits to start (it needs eth1)"
     )
+    world.converge()
+    engine = world.engine()
+    engine.prime(world.store.load())
+    assert describe(plan(engine.snapshot())) == ["leave: domain db waiting to start (it needs eth1)", "nothing to do"]
+
+
+def test_what_a_domain_needs_in_words() -> None:
+    assert WaitingStart(URI, UUID1, "db", (("eth1",), ("p1", "p2"))).needs_text == "eth1 and p1 or p2"
 
 
 def test_status_and_metrics_show_the_waiting_and_count_the_started(world: World, tmp_path: Path) -> None:
