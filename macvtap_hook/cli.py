@@ -27,10 +27,14 @@ from macvtap_hook.errors import (
 )
 
 if TYPE_CHECKING:
+    from macvtap_hook.engine import Report
     from macvtap_hook.hints import Hint
 
 log = logging.getLogger("macvtap_hook")
 INLINE_BUDGET = 60.0  # seconds of draining an inline (udev) run may start rounds in
+# Seconds a worker waits for domains' jobs (a migration...) to end: within
+# the worker unit's start timeout (5 min) with the runs before and after.
+BUSY_WAIT = 180.0
 
 
 def main(argv: Sequence[str] | None = None, *, verdict: str | None = None) -> int:
@@ -113,6 +117,7 @@ def _on_event(cfg: Config, hint: Hint | None, seqnum: str | None, verdict: str |
 
     # Inside udev: stay well within its event timeout (180 s by default).
     report = run(cfg, hint, budget=INLINE_BUDGET)
+    _leave_jobs_to_a_worker(cfg, report)
     return EXIT_ATTENTION if report is not None and report.unreadable else EXIT_OK
 
 
@@ -174,7 +179,9 @@ def _libvirt_hook(argv: Sequence[str]) -> int:
         _setup_logging(0, cfg)
         from macvtap_hook.libvirt_hook import handle
 
-        handle(cfg, argv[1] if len(argv) > 1 else "", sys.stdin.buffer)
+        hint = handle(cfg, argv[0] if argv else "", argv[1] if len(argv) > 1 else "", sys.stdin.buffer)
+        if hint is not None:
+            _hand_off(cfg, hint, None, inline_allowed=False)
     except BaseException:
         with contextlib.suppress(BaseException):  # nothing may escape to libvirt
             log.exception("libvirt hook failed (ignored)")
@@ -218,6 +225,7 @@ def _reconcile(ns: Any, cfg: Config) -> int:
         sys.stdout.write("".join(f"{line}\n" for line in dry_run(cfg, only, retry_stuck=not ns.no_retry_stuck)))
         return EXIT_OK
     report = run(cfg, None, retry_stuck=not ns.no_retry_stuck, only=only)
+    _leave_jobs_to_a_worker(cfg, report)
     attention = report.attention if report else []
     if report is not None:
         acted = any((report.parked, report.attached, report.put_back, report.forgotten, report.stuck, report.failed))
@@ -238,10 +246,35 @@ def _reconcile(ns: Any, cfg: Config) -> int:
 
 
 def _drain(ns: Any, cfg: Config) -> int:
-    from macvtap_hook.runner import run
+    import time
+
+    from macvtap_hook.hints import Hint
+    from macvtap_hook.runner import await_jobs, run
 
     report = run(cfg, None, drain_only=True)
+    # Domains busy with a migration or a save: this worker waits for the
+    # job's end (holding no lock), then runs again; a job that outlasts its
+    # time (the unit's start timeout) is left to a worker of its own.
+    started = time.monotonic()
+    while report is not None and report.busy:
+        left = BUSY_WAIT - (time.monotonic() - started)
+        if left <= 0 or not await_jobs(cfg, report.busy, left):
+            _leave_jobs_to_a_worker(cfg, report)
+            break
+        report = run(cfg, Hint(source="libvirt", action="job-ended", iface=None))
     return EXIT_ATTENTION if report is not None and report.unreadable else EXIT_OK
+
+
+def _leave_jobs_to_a_worker(cfg: Config, report: Report | None) -> None:
+    """A run that may not wait (udev's, an administrator's): a worker
+    waits for the busy domains' jobs to end, then runs."""
+    if report is None or not report.busy:
+        return
+    from macvtap_hook.hints import Hint
+
+    hint = Hint(source="libvirt", action="job", iface=None)
+    if not _hand_off(cfg, hint, None, inline_allowed=False):
+        log.info("no worker could be started: the next run re-attaches what waits for a domain's job")
 
 
 def _status(ns: Any, cfg: Config) -> int:

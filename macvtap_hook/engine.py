@@ -74,6 +74,8 @@ class Report:
     recorded: bool = False
     started: int = 0  # domains libvirt could not autostart, started now
     waiting_to_start: list[WaitingStart] = field(default_factory=list)
+    # Domains whose NICs wait for a long job of theirs to end (a migration...).
+    busy: list[DomainRef] = field(default_factory=list)
 
     @property
     def needs_attention(self) -> bool:
@@ -200,6 +202,7 @@ class Engine:
         self.flapped: set[Key] = set()
         self.flapped_twice: set[Key] = set()
         self._identities: dict[tuple[str, int], UplinkIdentity | None] = {}
+        self.busy: dict[tuple[str, str], DomainRef] = {}  # found with a long job, once per run
 
     # -- gathering the truth -------------------------------------------------
 
@@ -258,6 +261,7 @@ class Engine:
             starts=tuple(self.starts.values()),
             autostart=self.autostart,
             added=tuple(h.iface for h in self.hints if h.action == "add" and h.iface),
+            busy=frozenset(self.busy),
         )
         return replace(snap, identities=self._read_identities(identities_wanted(snap), links))
 
@@ -330,7 +334,13 @@ class Engine:
             snap = self.snapshot()
             self.links_now, self.report.unreachable = snap.links, list(snap.unreachable)
             todo = plan(snap, retry_stuck=retry_stuck, only=only, retry_failed=retry_failed)
-            todo = todo.without(failed | self.flapped_twice, self.meta_failed, self.tried_links, self.failed_starts)
+            if self._found_busy(todo):
+                snap = replace(snap, busy=frozenset(self.busy))
+                todo = plan(snap, retry_stuck=retry_stuck, only=only, retry_failed=retry_failed)
+            # A busy domain's metadata cannot be written either (libvirt would wait for the job).
+            todo = todo.without(
+                failed | self.flapped_twice, self.meta_failed | self.busy.keys(), self.tried_links, self.failed_starts
+            )
             self.observed = dict(todo.observed)
             if todo.empty:
                 self.report.final = snap
@@ -343,6 +353,30 @@ class Engine:
             self.report.settled = False
             log.warning("links kept changing for %d rounds; the next event or reconcile finishes the work", MAX_ROUNDS)
         return todo, snap
+
+    def _found_busy(self, todo: Plan) -> bool:
+        """Whether a domain the plan would park or attach a NIC of (or write
+        the metadata of) is busy
+        with a long job (asked only of those: a run with nothing to do asks
+        libvirt nothing more); such domains wait for the rest of the run."""
+        acting = {(r.domain.uri, r.domain.uuid): r.domain for r in todo.resync}
+        acting |= {(p.domain.uri, p.domain.uuid): p.domain for p in todo.park}
+        acting |= {(a.record.domain.uri, a.record.domain.uuid): a.record.domain for a in todo.attach}
+        found = False
+        for key, ref in acting.items():
+            hv = self.hypervisors.get(ref.uri)
+            if key in self.busy or hv is None:
+                continue
+            try:
+                job = hv.job_of(ref)
+            except (DomainGone, HypervisorError, HypervisorUnavailable):
+                continue  # the action itself meets it and says so
+            if job is not None:
+                self.busy[key] = ref
+                self.report.busy.append(ref)
+                found = True
+                log.info("domain %s is busy with %s: its NICs wait for it to end", ref.name, job)
+        return found
 
     def execute(self, todo: Plan) -> set[Key]:
         """Carry out one plan; returns the NICs that failed in this round."""

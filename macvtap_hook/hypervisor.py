@@ -39,6 +39,10 @@ class Hypervisor(Protocol):
         """Start a defined domain as it is defined (virDomainCreate)."""
 
     def write_metadata(self, dom: DomainRef, records: Sequence[ParkedNic]) -> None: ...
+    def job_of(self, dom: DomainRef) -> str | None:
+        """The long job libvirt runs on the domain (a migration, a save...),
+        during which a device cannot be attached or detached; None when none."""
+
     def request_detach(self, dom: DomainRef, nic: LiveNic) -> None:
         """Ask the guest to release the NIC (returning also when it is still
         releasing it after an earlier request); the caller waits for it."""
@@ -58,6 +62,11 @@ def _silence(_ctx: Any, _err: Any) -> None:
 SHUTOFF_REASONS = {
     0: "unknown", 1: "shutdown", 2: "destroyed", 3: "crashed", 4: "migrated", 5: "saved", 6: "failed",
     7: "from snapshot", 8: "daemon",
+}  # fmt: skip
+# libvirt's VIR_DOMAIN_JOB_OPERATION_*, by number: what a domain's job does.
+JOB_OPERATIONS = {
+    0: "a job", 1: "a start", 2: "a save", 3: "a restore", 4: "an incoming migration", 5: "an outgoing migration",
+    6: "a snapshot", 7: "a snapshot revert", 8: "a dump", 9: "a backup", 10: "a snapshot delete",
 }  # fmt: skip
 # QEMU's answer to a second unplug request while the first one runs.
 UNPLUG_PENDING = "already in the process of unplug"
@@ -232,6 +241,30 @@ class LibvirtHypervisor:
             )
         except lv.libvirtError as exc:
             raise self._fail("writing the domain's metadata", exc) from None
+
+    def job_of(self, dom: DomainRef) -> str | None:
+        """A device change would wait for the job's end (libvirt lets no
+        other job in for 30 s, then fails): the engine leaves the domain's
+        NICs alone meanwhile. The destination of a migration is paused for
+        it, or not even that yet while its QEMU starts, and has no job
+        statistics to give ("only on the source host"): both tell."""
+        lv = self._lv
+        try:
+            domain = self._domain(dom)
+            state, reason = domain.state()
+            migrating = (lv.VIR_DOMAIN_PAUSED_MIGRATION, lv.VIR_DOMAIN_PAUSED_POSTCOPY)
+            if state == lv.VIR_DOMAIN_PAUSED and reason in migrating:
+                return "a migration"
+            stats = domain.jobStats()
+        except lv.libvirtError as exc:
+            if exc.get_error_code() == lv.VIR_ERR_OPERATION_UNSUPPORTED:
+                # "migration statistics are available only on the source host":
+                # an incoming migration, still starting its QEMU (seen on 11.3).
+                return "a migration"
+            raise self._fail("asking for the domain's job", exc) from None
+        if stats.get("type", lv.VIR_DOMAIN_JOB_NONE) != lv.VIR_DOMAIN_JOB_NONE:
+            return JOB_OPERATIONS.get(int(stats.get("operation", 0)), "a job")
+        return None
 
     def request_detach(self, dom: DomainRef, nic: LiveNic) -> None:
         """Ask the guest to release the NIC; the engine waits for the removal.

@@ -75,6 +75,9 @@ class Snapshot:
     # A new run token, for a domain whose live metadata holds none yet
     # (see same_run); the engine makes it, as it reads the clock.
     fresh_run: str = ""
+    # Domains with a long job (a migration, a save...): their NICs are left
+    # alone until it ends (a device change would wait for it, then fail).
+    busy: frozenset[tuple[str, str]] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -259,8 +262,13 @@ def plan(
                         obs = Observed(lower.ifindex, snap.identities.get(lower.name))
                     observed[key] = obs
                 continue
-            if nic.target is None or nic.source_dev is None or not dom.running:
-                continue  # libvirt is still setting it up, or the guest cannot answer an unplug
+            if (
+                nic.target is None
+                or nic.source_dev is None
+                or not dom.running
+                or (dom.ref.uri, dom.ref.uuid) in snap.busy
+            ):
+                continue  # libvirt is still setting it up, or the guest cannot answer an unplug now
             if rec is not None and rec.state == "stuck" and not retry_stuck:
                 waiting.append(rec)
                 continue
@@ -298,7 +306,11 @@ def plan(
             forget.append(Forget(rec, "the domain was restarted (or the host rebooted) since the NIC was parked"))
         elif rec.mac in owner.all_macs:
             forget.append(Forget(rec, "the domain already has a NIC with this MAC"))
-        elif not in_scope(rec.uplink, *cands) or (rec.last_error is not None and not retry_failed):
+        elif (
+            not in_scope(rec.uplink, *cands)
+            or (rec.last_error is not None and not retry_failed)
+            or (uri, rec.domain.uuid) in snap.busy
+        ):
             waiting.append(rec)
         elif any(c in snap.links for c in cands):
             attach.append(Attach(rec, avoid=absent_members(rec.network, cands, snap.links)))

@@ -11,10 +11,11 @@ from macvtap_hook import index, lock
 from macvtap_hook.compose import acting_engine
 from macvtap_hook.config import Config
 from macvtap_hook.engine import Report
-from macvtap_hook.errors import HypervisorUnavailable
+from macvtap_hook.errors import DomainGone, HypervisorError, HypervisorUnavailable
 from macvtap_hook.hints import Hint, HintQueue
 from macvtap_hook.hypervisor import Hypervisor
 from macvtap_hook.links import MACVTAP_PREFIX, macvtap_lowers
+from macvtap_hook.model import DomainRef
 from macvtap_hook.state import StateStore
 
 if TYPE_CHECKING:
@@ -172,6 +173,37 @@ def run(
             index.drop_index(str(cfg.run_dir))
         StateStore(cfg.state_file).ensure_exists()
         return report
+
+
+def await_jobs(cfg: Config, domains: Sequence[DomainRef], timeout: float, interval: float = 0.5) -> bool:
+    """Wait, holding no lock, until none of these domains has a long job
+    (a migration, a save...) any more, or is gone; False when `timeout`
+    passed first or libvirt could not be asked."""
+    conns = Connections(cfg.uris)
+    deadline = time.monotonic() + timeout
+    try:
+        hypervisors = {hv.uri: hv for hv in conns.get()[0]}
+        pending = [d for d in domains if d.uri in hypervisors]
+        while True:
+            still = []
+            for dom in pending:
+                try:
+                    if hypervisors[dom.uri].job_of(dom) is not None:
+                        still.append(dom)
+                except DomainGone:
+                    pass  # migrated away, or stopped: the next run forgets its records
+            if not still:
+                log.debug("the jobs of %s ended", ", ".join(d.name for d in domains))
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            pending = still
+            time.sleep(interval)
+    except (HypervisorError, HypervisorUnavailable) as exc:
+        log.warning("could not ask libvirt for domains' jobs: %s", exc)
+        return False
+    finally:
+        conns.close()
 
 
 def _identifies(hint: Hint | None) -> bool:

@@ -134,6 +134,7 @@ class FakeGuest:
     release_after: int = 0  # polls before the unplug completes
     pending: dict[str, int] = field(default_factory=dict)  # alias -> polls left
     unreadable: str | None = None  # why its live XML cannot be read (or parsed), if so
+    job: str | None = None  # a long job (a migration...): libvirt lets no device change in meanwhile
 
 
 class FakeHypervisor:
@@ -222,6 +223,23 @@ class FakeHypervisor:
             guest.root.remove(meta)
         return self.ref(uuid)
 
+    def migrate_to(self, other: FakeHypervisor, uuid: str) -> DomainRef:
+        """A live migration as libvirt does it: the live XML (metadata
+        included) runs on OTHER under a new ID, with a new macvtap for each
+        direct NIC on OTHER's link of the same name; it is gone from here."""
+        root = copy.deepcopy(self.guests.pop(uuid).root)
+        root.set("id", str(next(other._ids)))
+        devices = root.find("devices")
+        assert devices is not None
+        other.guests[uuid] = FakeGuest(root)
+        for iface in list(devices.iterfind("interface")):
+            devices.remove(iface)
+            for tag in ("target", "alias"):
+                for child in iface.findall(tag):
+                    iface.remove(child)
+            other._plug(other.guests[uuid], iface)
+        return other.ref(uuid)
+
     def xml(self, uuid: str) -> str:
         return ET.tostring(self.guests[uuid].root, encoding="unicode")
 
@@ -270,6 +288,7 @@ class FakeHypervisor:
     def write_metadata(self, dom: DomainRef, records: Sequence[ParkedNic]) -> None:
         guest = self._guest(dom)
         self.calls.append(("metadata", dom.name))
+        self._busy(guest, "metadata")
         meta = guest.root.find("metadata")
         if meta is None:
             meta = ET.SubElement(guest.root, "metadata")
@@ -280,9 +299,21 @@ class FakeHypervisor:
             ns_elem = ET.SubElement(meta, f"{{{METADATA_URI}}}parked", elem.attrib)
             ns_elem.extend(list(elem))
 
+    def job_of(self, dom: DomainRef) -> str | None:
+        guest = self._guest(dom)
+        self.calls.append(("job", dom.name))
+        return guest.job
+
+    def _busy(self, guest: FakeGuest, operation: str) -> None:
+        if guest.job is not None:  # libvirt waits 30 s for the job lock, then gives up
+            raise HypervisorError(
+                operation=operation, reason="Timed out during operation: cannot acquire state change lock"
+            )
+
     def request_detach(self, dom: DomainRef, nic: LiveNic) -> None:
         guest = self._guest(dom)
         self.calls.append(("detach", nic.mac))
+        self._busy(guest, "detach")
         iface = self._find(guest, nic.mac)
         if iface is None:
             raise HypervisorError(operation="detach", reason=f"no device matching MAC {nic.mac}")
@@ -300,6 +331,7 @@ class FakeHypervisor:
     def _attach(self, dom: DomainRef, xml: str, avoid: Sequence[str]) -> None:
         guest = self._guest(dom)
         self.calls.append(("attach", xml))
+        self._busy(guest, "attach")
         if self.during_attach is not None:
             self.during_attach()
         if self.fail_attach:

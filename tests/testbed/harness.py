@@ -160,26 +160,33 @@ def macvtaps_on(parent: str) -> list[dict[str, Any]]:
 class Uplink:
     """A veth pair standing in for a host NIC.
 
-    The host end ``name`` stays in the root namespace (up, no address); the
-    peer ``peer`` lives in namespace ``netns`` with ``peer_addr/24`` and
-    answers the guests' pings.
+    The host end ``name`` stays in the host's namespace (the machine's, or
+    ``host_netns`` for a second host), up, no address; the peer ``peer``
+    lives in namespace ``netns`` with ``peer_addr/24`` and a MAC fixed by the
+    index, and answers the guests' pings (so a guest migrated to another
+    host's uplink of that index finds the same peer in its ARP cache).
     """
 
     name: str
     netns: str
     peer: str
     index: int
+    host_netns: str | None = None
 
     @classmethod
-    def make(cls, index: int, prefix: str = DEFAULT_PREFIX, create: bool = True) -> Uplink:
-        """Uplink number *index* (0..255): ``{prefix}{index}`` / ``{prefix}-ns{index}``."""
+    def make(
+        cls, index: int, prefix: str = DEFAULT_PREFIX, create: bool = True, host_netns: str | None = None
+    ) -> Uplink:
+        """Uplink number *index* (0..255): ``{prefix}{index}`` / ``{prefix}-ns{index}``
+        (``{prefix}-dns{index}`` for a host end in ``host_netns``)."""
         if not 0 <= index <= 255:
             raise ValueError("uplink index must be 0..255")
         up = cls(
             name=_check_ifname(f"{prefix}{index}"),
-            netns=f"{prefix}-ns{index}",
+            netns=f"{prefix}-{'d' if host_netns else ''}ns{index}",
             peer=_check_ifname(f"{prefix}{index}p"),
             index=index,
+            host_netns=host_netns,
         )
         if create:
             up.create()
@@ -189,17 +196,26 @@ class Uplink:
     def peer_addr(self) -> str:
         return f"{SUBNET}.{self.index}.1"
 
+    @property
+    def peer_mac(self) -> str:
+        return f"02:6d:68:74:{self.index:02x}:01"
+
     def guest_address(self, host: int) -> str:
         """Address/prefix for a guest NIC on this uplink (host 2..254)."""
         if not 2 <= host <= 254:
             raise ValueError("host must be 2..254")
         return f"{SUBNET}.{self.index}.{host}/24"
 
+    def _ip(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """`ip` on the host end's side."""
+        where = ["-n", self.host_netns] if self.host_netns else []
+        return run(["ip", *where, *args])
+
     def exists(self) -> bool:
-        return _link_exists(self.name)
+        return bool(link_info(self.name, netns=self.host_netns))
 
     def ifindex(self) -> int:
-        info = link_info(self.name)
+        info = link_info(self.name, netns=self.host_netns)
         if not info:
             raise LookupError(f"uplink {self.name} does not exist")
         return int(info[0]["ifindex"])
@@ -210,10 +226,11 @@ class Uplink:
         if run(["ip", "netns", "list"]).stdout.split().count(self.netns) == 0:
             run(["ip", "netns", "add", self.netns])
         run(["ip", "-n", self.netns, "link", "set", "lo", "up"])
-        run(["ip", "link", "add", self.name, "type", "veth", "peer", "name", self.peer, "netns", self.netns])
+        self._ip("link", "add", self.name, "type", "veth", "peer", "name", self.peer, "address", self.peer_mac,
+                 "netns", self.netns)  # fmt: skip
         run(["ip", "-n", self.netns, "addr", "add", f"{self.peer_addr}/24", "dev", self.peer])
         run(["ip", "-n", self.netns, "link", "set", self.peer, "up"])
-        run(["ip", "link", "set", self.name, "up"])
+        self._ip("link", "set", self.name, "up")
 
     def recreate(self) -> None:
         """Bring the uplink back identically (same name, peer in the same namespace)."""
@@ -221,18 +238,18 @@ class Uplink:
 
     def delete(self) -> None:
         """Delete the host end (which deletes the peer and every macvtap on it)."""
-        run(["ip", "link", "del", self.name])
+        self._ip("link", "del", self.name)
 
     def rename(self, new_name: str) -> None:
         """Rename the host end (down, rename, up); ``self.name`` follows."""
         _check_ifname(new_name)
-        run(["ip", "link", "set", self.name, "down"])
-        run(["ip", "link", "set", self.name, "name", new_name])
-        run(["ip", "link", "set", new_name, "up"])
+        self._ip("link", "set", self.name, "down")
+        self._ip("link", "set", self.name, "name", new_name)
+        self._ip("link", "set", new_name, "up")
         self.name = new_name
 
     def set_up(self, up: bool = True) -> None:
-        run(["ip", "link", "set", self.name, "up" if up else "down"])
+        self._ip("link", "set", self.name, "up" if up else "down")
 
 
 @dataclass
@@ -456,7 +473,7 @@ class Guest:
   <on_crash>destroy</on_crash>
   <devices>
     {nics}
-    <serial type='file'><source path='{self.console}'/><target port='0'/></serial>
+    <serial type='file'><source path='{self.console}' append='on'/><target port='0'/></serial>
     <controller type='usb' model='none'/>
     <memballoon model='none'/>
   </devices>

@@ -166,7 +166,7 @@ def test_the_hooks_forget_line_is_a_journal_entry_of_its_kind(tmp_path: Path, ca
     rec = ParkedNic(DomainRef("qemu:///system", "u1", 4, "vm1"), mac, "eth1", ("eth1",), "bridge", xml, state="parked")
     StateStore(cfg.state_file).save([rec])
     with caplog.at_level(logging.INFO):
-        libvirt_hook.handle(cfg, "release", io.BytesIO(b"<domain><uuid>u1</uuid></domain>"))
+        libvirt_hook.handle(cfg, "vm1", "release", io.BytesIO(b"<domain><uuid>u1</uuid></domain>"))
     (line,) = [r for r in caplog.records if "was released" in r.getMessage()]
     assert line.__dict__["MESSAGE_ID"] == messages.MESSAGE_IDS[messages.FORGOTTEN]
     assert (line.__dict__["MACVTAP_HOOK_DOMAIN"], line.__dict__["MACVTAP_HOOK_MAC"]) == ("vm1", mac)
@@ -265,6 +265,37 @@ def test_libvirt_network_hook_hands_off_and_exits_0_silently(tmp_path: Path) -> 
     # The drain ran: it took the lock (libvirt unreachable here).
     wait_until((tmp_path / "run" / "lock").exists, 30, "a drain")
     assert run(tmp_path, "libvirt-network-hook").returncode == 0
+
+
+ARRIVING = (
+    b"<domain><name>vm1</name><uuid>u1</uuid><metadata>"
+    b"<macvtap-hook:parked xmlns:macvtap-hook='urn:x-macvtap-hook:parked:1' run='r1'>"
+    b"<macvtap-hook:nic mac='52:54:00:00:00:01' uplink='eth1'/></macvtap-hook:parked></metadata></domain>"
+)
+
+
+def test_libvirt_hook_hands_a_domain_started_with_parked_nics_to_a_worker(tmp_path: Path) -> None:
+    """A domain migrated in (or restored) with parked NICs in its live
+    metadata: a hint and a detached drain, which does the libvirt work
+    after the hook returned. A start without them leaves nothing."""
+    for op, stdin in [
+        ("started", b"<domain><uuid>u1</uuid><metadata><other xmlns='urn:x'/></metadata></domain>"),
+        (
+            "started",
+            b"<domain><uuid>u1</uuid><metadata><parked xmlns='urn:x-macvtap-hook:parked:1'/></metadata></domain>",
+        ),
+        ("start", ARRIVING),
+        ("migrate", ARRIVING),
+        ("prepare", ARRIVING),
+    ]:
+        done = run(tmp_path, "libvirt-hook", "vm1", op, "begin", "-", stdin=stdin)
+        assert (done.returncode, done.stdout) == (0, ""), done.stderr
+    assert not (tmp_path / "run").exists(), "nothing written for those"
+    done = run(tmp_path, "libvirt-hook", "vm1", "started", "begin", "-", stdin=ARRIVING)
+    assert (done.returncode, done.stdout) == (0, "")
+    assert "Traceback" not in done.stderr
+    assert [p.name for p in (tmp_path / "run" / "hints").iterdir() if not p.name.startswith(".")]
+    wait_until((tmp_path / "run" / "lock").exists, 30, "a drain")
 
 
 def test_a_bridge_that_appears_is_never_a_cheap_exit(tmp_path: Path) -> None:

@@ -20,13 +20,32 @@ class LibvirtError(Exception):
         return str(self.args[0])
 
     def get_error_code(self) -> int:
-        return 1  # VIR_ERR_INTERNAL_ERROR
+        return 84 if "only on the source host" in self.args[0] else 1  # OPERATION_UNSUPPORTED, INTERNAL_ERROR
 
 
 class Libvirt:
     libvirtError = LibvirtError
     VIR_DOMAIN_AFFECT_LIVE = 1
     VIR_ERR_NO_DOMAIN = 42
+    VIR_ERR_OPERATION_UNSUPPORTED = 84
+    VIR_DOMAIN_RUNNING, VIR_DOMAIN_PAUSED = 1, 3
+    VIR_DOMAIN_PAUSED_MIGRATION, VIR_DOMAIN_PAUSED_POSTCOPY = 2, 12
+    VIR_DOMAIN_JOB_NONE = 0
+
+
+class Busy:
+    """A domain in a job, as libvirt 9.0-12.8 answer (seen on the real stack)."""
+
+    def __init__(self, state: tuple[int, int], stats: dict[str, int] | None) -> None:
+        self._state, self.stats = state, stats
+
+    def state(self) -> tuple[int, int]:
+        return self._state
+
+    def jobStats(self) -> dict[str, int]:
+        if self.stats is None:
+            raise LibvirtError("Operation not supported: migration statistics are available only on the source host")
+        return self.stats
 
 
 class Domain:
@@ -53,3 +72,20 @@ def test_qemus_refusal_of_a_second_unplug_is_an_unplug_under_way() -> None:
 def test_any_other_refusal_is_an_error() -> None:
     with pytest.raises(HypervisorError, match="not supported"):
         adapter("operation not supported: detach of interface").request_detach(REF, NIC)
+
+
+@pytest.mark.parametrize(
+    ("state", "stats", "job"),
+    [
+        ((3, 2), None, "a migration"),  # the destination: paused for it, no statistics
+        ((3, 0), None, "a migration"),  # the destination while its QEMU starts
+        ((1, 1), {"type": 2, "operation": 5}, "an outgoing migration"),
+        ((1, 1), {"type": 2, "operation": 2}, "a save"),
+        ((1, 1), {"type": 0}, None),
+        ((3, 1), {"type": 0}, None),  # paused by the user: NICs can change
+    ],
+)
+def test_a_domains_job(state: tuple[int, int], stats: dict[str, int] | None, job: str | None) -> None:
+    hv = adapter("")
+    hv._domain = lambda ref: Busy(state, stats)
+    assert hv.job_of(REF) == job
