@@ -688,8 +688,10 @@ def cleanup(prefix: str = DEFAULT_PREFIX, conn: libvirt.virConnect | None = None
                 persistent = bool(dom.isPersistent())
                 if dom.isActive():
                     dom.destroy()
-                if persistent:
-                    dom.undefine()
+                if persistent:  # with what a managed save or snapshots left of it
+                    dom.undefineFlags(
+                        libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+                    )
             except libvirt.libvirtError:
                 pass
             removed.append(f"domain {name}")
@@ -812,6 +814,10 @@ def _main(argv: list[str]) -> int:
         for note in systemd_host.cleanup():
             print(f"systemd_host: {note}")
         prefix = argv[1] if len(argv) > 1 else DEFAULT_PREFIX
+        import second_host  # a second libvirt host (migration tests) a killed test left
+
+        for item in second_host.cleanup(prefix):
+            print(f"second_host: removed {item}")
         for item in cleanup(prefix):
             print(f"removed {item}")
         return 0
