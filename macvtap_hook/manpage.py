@@ -160,7 +160,8 @@ def files() -> list[tuple[str, str]]:
         (f"/usr/lib/udev/rules.d/{hostfiles.RULE_NAME}", "the udev rule"),
         (
             f"/etc/libvirt/hooks/qemu.d/{hostfiles.LIBVIRT_HOOK_NAME}",
-            "the libvirt qemu hook: forgets a released domain's records, always exits 0",
+            "the libvirt qemu hook: forgets a released domain's records; a domain started with parked NICs "
+            "in its live metadata (migrated in, restored) gets them back from a worker; always exits 0",
         ),
         (
             f"/etc/libvirt/hooks/network.d/{hostfiles.LIBVIRT_HOOK_NAME}",
