@@ -76,6 +76,17 @@ def port_state(nic: BridgeNic, links: Links) -> PortState:
     return "on bridge" if tap.master == bridge.ifindex else "off bridge"
 
 
+def held_ports(domains: Sequence[DomainView], links: Links) -> tuple[DomainView, ...]:
+    """The domains plan_ports leaves alone as not running although a tap
+    of theirs is off its existing bridge: one arriving by migration (paused
+    for it) must have the tap put back once it runs, and its bridge's event
+    is the only one there is."""
+    return tuple(
+        dom for dom in domains
+        if not dom.running and any(port_state(nic, links) == "off bridge" for nic in dom.bridge_nics)
+    )  # fmt: skip
+
+
 def plan_ports(domains: Sequence[DomainView], links: Links, only: frozenset[str] | None = None) -> tuple[PutBack, ...]:
     """Every running domain's bridge NIC whose tap exists but is not on the
     bridge its live XML names, while that bridge exists. A paused or

@@ -18,11 +18,21 @@ from typing import TYPE_CHECKING, TypeVar
 
 from macvtap_hook import messages, nicxml
 from macvtap_hook.autostart import StartPlan
-from macvtap_hook.bridgeports import PutBack
+from macvtap_hook.bridgeports import PutBack, held_ports
 from macvtap_hook.errors import DomainGone, HypervisorError, HypervisorUnavailable, LinkError, MacvtapHookError
 from macvtap_hook.hypervisor import Hypervisor
 from macvtap_hook.identity import StackedUplink, UplinkIdentity, UplinkRule, identity_from_udev
-from macvtap_hook.model import DomainRef, Links, LiveNic, ParkedNic, StoppedDomain, WaitingStart, nic_key, nic_label
+from macvtap_hook.model import (
+    DomainRef,
+    DomainView,
+    Links,
+    LiveNic,
+    ParkedNic,
+    StoppedDomain,
+    WaitingStart,
+    nic_key,
+    nic_label,
+)
 from macvtap_hook.planner import (
     Attach,
     Forget,
@@ -334,7 +344,7 @@ class Engine:
             snap = self.snapshot()
             self.links_now, self.report.unreachable = snap.links, list(snap.unreachable)
             todo = plan(snap, retry_stuck=retry_stuck, only=only, retry_failed=retry_failed)
-            if self._found_busy(todo):
+            if self._found_busy(todo, held_ports(snap.domains, snap.links)):
                 snap = replace(snap, busy=frozenset(self.busy))
                 todo = plan(snap, retry_stuck=retry_stuck, only=only, retry_failed=retry_failed)
             # A busy domain's metadata cannot be written either (libvirt would wait for the job).
@@ -354,14 +364,15 @@ class Engine:
             log.warning("links kept changing for %d rounds; the next event or reconcile finishes the work", MAX_ROUNDS)
         return todo, snap
 
-    def _found_busy(self, todo: Plan) -> bool:
+    def _found_busy(self, todo: Plan, held: Sequence[DomainView] = ()) -> bool:
         """Whether a domain the plan would park or attach a NIC of (or write
-        the metadata of) is busy
+        the metadata of), or one `held` with a tap off its bridge, is busy
         with a long job (asked only of those: a run with nothing to do asks
         libvirt nothing more); such domains wait for the rest of the run."""
         acting = {(r.domain.uri, r.domain.uuid): r.domain for r in todo.resync}
         acting |= {(p.domain.uri, p.domain.uuid): p.domain for p in todo.park}
         acting |= {(a.record.domain.uri, a.record.domain.uuid): a.record.domain for a in todo.attach}
+        acting |= {(d.ref.uri, d.ref.uuid): d.ref for d in held}
         found = False
         for key, ref in acting.items():
             hv = self.hypervisors.get(ref.uri)

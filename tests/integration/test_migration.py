@@ -10,6 +10,7 @@ only: a release root makes no roots of its own.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -199,4 +200,55 @@ def test_a_cancelled_migration_leaves_the_nic_to_the_source(harness, hook, two_h
     guest.wait_for_ping(nic0.mac, after_line=pos, timeout=60)
     assert hook.parked() == []
     assert up0.exists()
+    no_error_line(hook.log(), host.log())
+
+
+def test_a_bridged_guest_arriving_with_its_tap_off_the_bridge_is_put_back(harness, hook, two_hosts, timings) -> None:  # type: ignore[no-untyped-def]
+    """The destination's bridge re-created while the guest arrives (its tap
+    was put on the old one when the migration began): the bridge's event
+    finds the domain busy with the migration, the worker waits for the end
+    and puts the tap back then."""
+    host, dconn, tb = two_hosts
+    remote = host.bridge_uplink(0)
+    bu = tb.bridge_uplink(0)
+    nic = harness.Nic.bridged(bu, 10)
+    guest = tb.guest([nic])
+    guest.wait_for_ping(nic.mac, timeout=90)
+    guest.domain().migrateSetMaxSpeed(40, 0)  # MiB/s: some seconds
+    done: list[BaseException | None] = []
+
+    def migrating() -> None:
+        try:
+            migrate(guest, host, dconn)
+            done.append(None)
+        except libvirt.libvirtError as exc:
+            done.append(exc)
+
+    mover = threading.Thread(target=migrating)
+    mover.start()
+    try:
+
+        def tap_on_destination() -> bool:
+            with contextlib.suppress(libvirt.libvirtError):
+                arriving = dconn.lookupByUUIDString(guest.uuid)
+                tap = harness.interface_element(arriving.XMLDesc(0), nic.mac).find("target")
+                return tap is not None and bool(harness.link_info(tap.get("dev"), netns=host.netns))
+            return False
+
+        wait_until(tap_on_destination, 30, "the guest's tap on the destination")
+        remote.delete()  # the bridge only: the tap stays, on no bridge
+        remote.recreate()
+        assert mover.is_alive(), "the migration lasted long enough to re-create the bridge meanwhile"
+    finally:
+        mover.join(timeout=120)
+    assert done == [None], done
+    ended = time.monotonic()
+    pos = guest.console_position()
+    host.settle()
+    timings["bridged guest: migration end -> tap on the destination's bridge (settled)"] = time.monotonic() - ended
+    tap = harness.interface_element(guest.live_xml(), nic.mac).find("target").get("dev")
+    (info,) = harness.link_info(tap, netns=host.netns)
+    assert info.get("master") == remote.bridge, f"{tap} is on {info.get('master')}\n{host.log()}"
+    guest.wait_for_ping(nic.mac, after_line=pos, timeout=60)
+    assert "busy with a migration" in host.log() and "back on bridge" in host.log(), host.log()
     no_error_line(hook.log(), host.log())

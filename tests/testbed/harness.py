@@ -267,8 +267,10 @@ class BridgeUplink:
     bridge: str
 
     @classmethod
-    def make(cls, index: int, prefix: str = DEFAULT_PREFIX, create_bridge: bool = True) -> BridgeUplink:
-        bu = cls(Uplink.make(index, prefix), _check_ifname(f"{prefix}br{index}"))
+    def make(
+        cls, index: int, prefix: str = DEFAULT_PREFIX, create_bridge: bool = True, host_netns: str | None = None
+    ) -> BridgeUplink:
+        bu = cls(Uplink.make(index, prefix, host_netns=host_netns), _check_ifname(f"{prefix}br{index}"))
         if create_bridge:
             bu.create_bridge()
             bu.enslave_port()
@@ -286,18 +288,18 @@ class BridgeUplink:
         return self.port.guest_address(host)
 
     def exists(self) -> bool:
-        return _link_exists(self.bridge)
+        return bool(link_info(self.bridge, netns=self.port.host_netns))
 
     def create_bridge(self) -> None:
-        run(["ip", "link", "add", self.bridge, "type", "bridge"])
-        run(["ip", "link", "set", self.bridge, "up"])
+        self.port._ip("link", "add", self.bridge, "type", "bridge")
+        self.port._ip("link", "set", self.bridge, "up")
 
     def enslave_port(self) -> None:
-        run(["ip", "link", "set", self.port.name, "master", self.bridge])
-        run(["ip", "link", "set", self.port.name, "up"])
+        self.port._ip("link", "set", self.port.name, "master", self.bridge)
+        self.port._ip("link", "set", self.port.name, "up")
 
     def delete(self) -> None:
-        run(["ip", "link", "del", self.bridge])
+        self.port._ip("link", "del", self.bridge)
 
     def recreate(self) -> None:
         self.create_bridge()

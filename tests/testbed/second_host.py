@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import release_root
-from harness import CACHE_DIR, Uplink, run
+from harness import CACHE_DIR, BridgeUplink, Uplink, run
 from waiting import wait_until
 
 SHARED = Path("/var/lib/macvtap-hook-tests/two-hosts")  # both hosts see it at this path
@@ -205,6 +205,10 @@ class SecondHost:
     def uplink(self, index: int, create: bool = True) -> Uplink:
         """Its uplink of that index: the same name and peer as the machine's."""
         return Uplink.make(index, self.prefix, create=create, host_netns=self.netns)
+
+    def bridge_uplink(self, index: int) -> BridgeUplink:
+        """Its bridge of that index, with the port and peer the machine's has."""
+        return BridgeUplink.make(index, self.prefix, host_netns=self.netns)
 
     def console_text(self) -> str:
         with contextlib.suppress(OSError):

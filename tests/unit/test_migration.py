@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from macvtap_hook.nicxml import parse_domain
-from tests.fakes import MAC1, MAC2, UUID1, World, direct_nic
+from tests.fakes import MAC1, MAC2, UUID1, World, bridge_nic, direct_nic
 
 
 @pytest.fixture
@@ -134,3 +134,34 @@ def test_a_domain_arriving_during_its_migration_is_left_alone_until_it_ends(
 
     destination.hv.guests[UUID1].job = None
     assert destination.converge().attached == 1
+
+
+def test_a_tap_off_its_bridge_while_the_domain_arrives_goes_back_once_it_runs(tmp_path: Path) -> None:
+    """The bridge re-created while the guest is still arriving (paused for
+    its migration): its event's run finds the domain busy, the worker waits
+    for the end and puts the tap back then; the event comes only once."""
+    w = World(tmp_path, netlink=True)
+    w.links.add("br0", kind="bridge", mtu=1500, up=True)
+    w.hv.start("web", UUID1, [bridge_nic(MAC1, "br0")])
+    guest = w.hv.guests[UUID1]
+    guest.running, guest.job = False, "a migration"
+    w.links.delete("br0")
+    w.links.add("br0", kind="bridge", mtu=1500, up=True)
+
+    report = w.converge()
+    assert (report.put_back, [r.name for r in report.busy]) == (0, ["web"])
+    assert w.master_of("vnet0") is None
+
+    guest.running, guest.job = True, None
+    assert w.converge().put_back == 1
+    assert w.master_of("vnet0") == "br0"
+
+
+def test_a_paused_domain_with_no_job_is_not_waited_for(tmp_path: Path) -> None:
+    w = World(tmp_path, netlink=True)
+    w.links.add("br0", kind="bridge", mtu=1500, up=True)
+    w.hv.start("web", UUID1, [bridge_nic(MAC1, "br0")])
+    w.hv.guests[UUID1].running = False  # paused by its administrator
+    w.links.delete("br0")
+    w.links.add("br0", kind="bridge", mtu=1500, up=True)
+    assert w.converge().busy == []
