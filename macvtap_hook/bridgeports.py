@@ -76,13 +76,13 @@ def port_state(nic: BridgeNic, links: Links) -> PortState:
     return "on bridge" if tap.master == bridge.ifindex else "off bridge"
 
 
-def held_ports(domains: Sequence[DomainView], links: Links) -> tuple[DomainView, ...]:
+def held_ports(domains: Sequence[DomainView], links: Links) -> tuple[DomainRef, ...]:
     """The domains plan_ports leaves alone as not running although a tap
     of theirs is off its existing bridge: one arriving by migration (paused
     for it) must have the tap put back once it runs, and its bridge's event
     is the only one there is."""
     return tuple(
-        dom for dom in domains
+        dom.ref for dom in domains
         if not dom.running and any(port_state(nic, links) == "off bridge" for nic in dom.bridge_nics)
     )  # fmt: skip
 

@@ -18,21 +18,11 @@ from typing import TYPE_CHECKING, TypeVar
 
 from macvtap_hook import messages, nicxml
 from macvtap_hook.autostart import StartPlan
-from macvtap_hook.bridgeports import PutBack, held_ports
+from macvtap_hook.bridgeports import PutBack
 from macvtap_hook.errors import DomainGone, HypervisorError, HypervisorUnavailable, LinkError, MacvtapHookError
 from macvtap_hook.hypervisor import Hypervisor
 from macvtap_hook.identity import StackedUplink, UplinkIdentity, UplinkRule, identity_from_udev
-from macvtap_hook.model import (
-    DomainRef,
-    DomainView,
-    Links,
-    LiveNic,
-    ParkedNic,
-    StoppedDomain,
-    WaitingStart,
-    nic_key,
-    nic_label,
-)
+from macvtap_hook.model import DomainRef, Links, LiveNic, ParkedNic, StoppedDomain, WaitingStart, nic_key, nic_label
 from macvtap_hook.planner import (
     Attach,
     Forget,
@@ -335,6 +325,7 @@ class Engine:
             self.report.uplinks = None  # some live NIC may sit on an uplink nobody knows of
         self.report.attention = [r for r in self.records.values() if r.needs_attention]
         self.report.waiting_to_start = list(self.starts.values())
+        self.report.busy = list(self.busy.values())
         return self.report
 
     def _rounds(
@@ -344,7 +335,7 @@ class Engine:
             snap = self.snapshot()
             self.links_now, self.report.unreachable = snap.links, list(snap.unreachable)
             todo = plan(snap, retry_stuck=retry_stuck, only=only, retry_failed=retry_failed)
-            if self._found_busy(todo, held_ports(snap.domains, snap.links)):
+            if self._found_busy(todo):
                 snap = replace(snap, busy=frozenset(self.busy))
                 todo = plan(snap, retry_stuck=retry_stuck, only=only, retry_failed=retry_failed)
             # A busy domain's metadata cannot be written either (libvirt would wait for the job).
@@ -364,17 +355,12 @@ class Engine:
             log.warning("links kept changing for %d rounds; the next event or reconcile finishes the work", MAX_ROUNDS)
         return todo, snap
 
-    def _found_busy(self, todo: Plan, held: Sequence[DomainView] = ()) -> bool:
-        """Whether a domain the plan would park or attach a NIC of (or write
-        the metadata of), or one `held` with a tap off its bridge, is busy
-        with a long job (asked only of those: a run with nothing to do asks
-        libvirt nothing more); such domains wait for the rest of the run."""
-        acting = {(r.domain.uri, r.domain.uuid): r.domain for r in todo.resync}
-        acting |= {(p.domain.uri, p.domain.uuid): p.domain for p in todo.park}
-        acting |= {(a.record.domain.uri, a.record.domain.uuid): a.record.domain for a in todo.attach}
-        acting |= {(d.ref.uri, d.ref.uuid): d.ref for d in held}
+    def _found_busy(self, todo: Plan) -> bool:
+        """Whether a domain the plan changes through libvirt, or holds, is
+        busy with a long job (Plan.libvirt_domains); such domains wait for
+        the rest of the run."""
         found = False
-        for key, ref in acting.items():
+        for key, ref in todo.libvirt_domains().items():
             hv = self.hypervisors.get(ref.uri)
             if key in self.busy or hv is None:
                 continue
@@ -384,7 +370,6 @@ class Engine:
                 continue  # the action itself meets it and says so
             if job is not None:
                 self.busy[key] = ref
-                self.report.busy.append(ref)
                 found = True
                 log.info("domain %s is busy with %s: its NICs wait for it to end", ref.name, job)
         return found

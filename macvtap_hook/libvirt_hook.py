@@ -26,7 +26,7 @@ from macvtap_hook import lock, messages
 from macvtap_hook.config import Config
 from macvtap_hook.errors import LockTimeout
 from macvtap_hook.hints import Hint, HintQueue
-from macvtap_hook.records import METADATA_URI
+from macvtap_hook.records import METADATA_URI, holds_nics
 from macvtap_hook.state import StateStore
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ def handle(cfg: Config, domain: str, operation: str, domain_xml: IO[bytes]) -> H
         return None
     if operation in ARRIVAL_OPERATIONS:
         ours = root.find(f"metadata/{{{METADATA_URI}}}parked")
-        if ours is None or not any(child.tag.rpartition("}")[2] == "nic" for child in ours):
+        if ours is None or not holds_nics(ours):
             return None  # nothing of ours: a start as any other
         log.info("domain %s started with parked NICs in its live metadata: a worker re-attaches them", domain)
         return Hint(source="libvirt-hook", action="started", iface=None)

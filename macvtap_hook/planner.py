@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, field, replace
 
 from macvtap_hook.autostart import StartPlan, plan_starts
-from macvtap_hook.bridgeports import PutBack, plan_ports
+from macvtap_hook.bridgeports import PutBack, held_ports, plan_ports
 from macvtap_hook.identity import StackedUplink, UplinkIdentity, UplinkRule
 from macvtap_hook.model import (
     DomainRef,
@@ -137,6 +137,16 @@ class Plan:
     create: tuple[StackedUplink, ...] = ()  # declared links parked NICs wait for, on a present parent
     hooks: tuple[RunHooks, ...] = ()
     starts: StartPlan = field(default_factory=StartPlan)  # domains waiting to start, and those to start now
+    # Domains not running with a tap off its bridge: one arriving by migration
+    # (paused for it) has its tap put back only once it runs.
+    held: tuple[DomainRef, ...] = ()
+
+    def libvirt_domains(self) -> dict[tuple[str, str], DomainRef]:
+        """The domains this plan changes through libvirt (metadata, park,
+        attach) and those it holds: a long job of theirs (a migration...)
+        would make it wait, so the engine asks them, and only them."""
+        refs = [r.domain for r in self.resync] + [p.domain for p in self.park] + [a.record.domain for a in self.attach]
+        return {(ref.uri, ref.uuid): ref for ref in (*refs, *self.held)}
 
     @property
     def empty(self) -> bool:
@@ -168,6 +178,7 @@ class Plan:
             create=tuple(s for s in self.create if s.name not in tried),
             hooks=tuple(h for h in self.hooks if h.iface not in tried),
             starts=replace(self.starts, start=tuple(r for r in self.starts.start if r.key not in failed_starts)),
+            held=self.held,
         )
 
 
@@ -352,6 +363,7 @@ def plan(
         observed=observed,
         ambiguous=tuple(ambiguous),
         put_back=plan_ports(snap.domains, snap.links, only),
+        held=tuple(r for r in held_ports(snap.domains, snap.links) if (r.uri, r.uuid) not in snap.busy),
         create=create,
         hooks=hooks,
         starts=starts,

@@ -147,6 +147,12 @@ def from_metadata(meta: ET.Element, ref: DomainRef) -> tuple[ParkedNic, ...]:
     return tuple(found)
 
 
+def holds_nics(meta: ET.Element) -> bool:
+    """Whether our metadata element lists any NIC (the qemu hook's question,
+    answered without decoding them)."""
+    return any(_local(child.tag) == "nic" for child in meta)
+
+
 def _local(tag: str) -> str:
     return tag.rpartition("}")[2]  # libvirt gives our elements its own namespace prefix
 
