@@ -140,10 +140,6 @@ def link_info(name: str | None = None, netns: str | None = None) -> list[dict[st
     return result
 
 
-def _link_exists(name: str) -> bool:
-    return run(["ip", "link", "show", "dev", name], check=False).returncode == 0
-
-
 def macvtaps_on(parent: str) -> list[dict[str, Any]]:
     """Macvtap links whose lower device (``link``) is *parent*."""
     return [
