@@ -7,6 +7,7 @@ renders for /usr/bin/macvtap-hook (a unit test keeps them identical).
 
 from __future__ import annotations
 
+import os
 import re
 
 PACKAGED_BIN = "/usr/bin/macvtap-hook"
@@ -47,7 +48,62 @@ LABEL="macvtap_hook_end"
 """
 
 
-def worker_unit(binary: str) -> str:
+# What the job needs: netlink with CAP_NET_ADMIN (links, bridge ports,
+# stacked uplinks), the sockets of libvirt, systemd and the journal, and its
+# own state and run folders; the rest is taken away. Both folders are made by
+# systemd if missing, and the run folder outlives the unit (the udev rule and
+# libvirt's hooks write there too). What an uplink hook can no longer do here,
+# and the drop-in that lifts it: README, "The units' sandbox".
+HOME_DIRS = ("/home/", "/root/", "/run/user/")
+
+
+def sandbox(protect_home: str = "yes") -> str:
+    return f"""\
+# Least privilege: see "The units' sandbox" in the README to widen it.
+CapabilityBoundingSet=CAP_NET_ADMIN
+NoNewPrivileges=yes
+ProtectSystem=strict
+StateDirectory=macvtap-hook
+StateDirectoryMode=0700
+RuntimeDirectory=macvtap-hook
+RuntimeDirectoryMode=0700
+RuntimeDirectoryPreserve=yes
+ProtectHome={protect_home}
+PrivateTmp=yes
+PrivateDevices=yes
+PrivateMounts=yes
+PrivateIPC=yes
+ProtectKernelTunables=yes
+ProtectKernelModules=yes
+ProtectKernelLogs=yes
+ProtectControlGroups=yes
+ProtectClock=yes
+ProtectHostname=yes
+ProtectProc=invisible
+KeyringMode=private
+RestrictAddressFamilies=AF_UNIX AF_NETLINK
+IPAddressDeny=any
+RestrictNamespaces=yes
+RestrictRealtime=yes
+RestrictSUIDSGID=yes
+LockPersonality=yes
+MemoryDenyWriteExecute=yes
+SystemCallArchitectures=native
+SystemCallFilter=@system-service
+SystemCallFilter=~@privileged @resources
+SystemCallErrorNumber=EPERM
+UMask=0077
+"""
+
+
+def protect_home_for(*paths: str) -> str:
+    """ "read-only" when this installation (its entry point or interpreter,
+    links resolved) lives below a home folder, which "yes" would hide."""
+    real = [os.path.realpath(p) + "/" for p in paths]
+    return "read-only" if any(r.startswith(HOME_DIRS) for r in real) else "yes"
+
+
+def worker_unit(binary: str, protect_home: str = "yes") -> str:
     return f"""\
 # {MARKER}: one instance per udev event (%i is its sequence number);
 # udev hands off here so no libvirt call runs inside udevd's sandbox.
@@ -63,10 +119,10 @@ ExecStart={binary} drain
 # for a later run: not a failure of this unit.
 SuccessExitStatus=4 5
 TimeoutStartSec=5min
-"""
+{sandbox(protect_home)}"""
 
 
-def reconcile_unit(binary: str) -> str:
+def reconcile_unit(binary: str, protect_home: str = "yes") -> str:
     return f"""\
 # {MARKER}: catch up on whatever no event reported (libvirt was down, an
 # event was kept for later, a guest released its NIC late). Started by
@@ -83,7 +139,7 @@ ExecStart={binary} reconcile --no-retry-stuck
 # 4 and 5: the work is kept for the next run. 1 (a NIC needs attention)
 # is a real problem and shows as a failed unit.
 SuccessExitStatus=4 5
-"""
+{sandbox(protect_home)}"""
 
 
 def reconcile_timer() -> str:

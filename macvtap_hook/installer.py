@@ -174,9 +174,10 @@ class Installer:
             net_hook = hostfiles.libvirt_network_hook(self.python)
             files.append((lay.libvirt_hooks_dir / "network.d" / hostfiles.LIBVIRT_HOOK_NAME, net_hook, 0o755))
         if self.systemd:
+            home = hostfiles.protect_home_for(binary, self.python, os.path.dirname(hostfiles.__file__))
             files += [
-                (lay.units_dir / hostfiles.WORKER_UNIT, hostfiles.worker_unit(binary), 0o644),
-                (lay.units_dir / hostfiles.RECONCILE_UNIT, hostfiles.reconcile_unit(binary), 0o644),
+                (lay.units_dir / hostfiles.WORKER_UNIT, hostfiles.worker_unit(binary, home), 0o644),
+                (lay.units_dir / hostfiles.RECONCILE_UNIT, hostfiles.reconcile_unit(binary, home), 0o644),
                 (lay.units_dir / hostfiles.RECONCILE_TIMER, hostfiles.reconcile_timer(), 0o644),
             ]
             files += [

@@ -138,7 +138,9 @@ def perm_mac(name: str) -> str | None:
     buf = array.array("B", struct.pack("II", ETHTOOL_GPERMADDR, MAX_ADDR_LEN) + bytes(MAX_ADDR_LEN))
     ifreq = struct.pack("16sP", name.encode()[:15], buf.buffer_info()[0])
     try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        # Any socket carries the ioctl to the device (ethtool's own fallback);
+        # AF_UNIX is the one the units' sandbox allows.
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
             fcntl.ioctl(sock.fileno(), SIOCETHTOOL, ifreq)
     except OSError:
         return None

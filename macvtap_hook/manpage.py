@@ -171,7 +171,12 @@ def files() -> list[tuple[str, str]]:
             f"/usr/lib/NetworkManager/dispatcher.d/{hostfiles.NM_SCRIPT_NAME}",
             "the NetworkManager dispatcher script",
         ),
-        (units + hostfiles.WORKER_UNIT, "one instance per udev event on a host booted with systemd"),
+        (
+            units + hostfiles.WORKER_UNIT,
+            "one instance per udev event on a host booted with systemd; like the catch-up run, sandboxed: "
+            "CAP_NET_ADMIN alone, writes only below the default state and run folders, no IP sockets. "
+            "Uplink hooks run inside it; a drop-in widens it (systemctl edit, systemd.exec(5))",
+        ),
         (units + hostfiles.RECONCILE_UNIT, "the catch-up run: started by the timer and whenever libvirt starts"),
         (units + hostfiles.RECONCILE_TIMER, "starts the catch-up run periodically (enabled)"),
         *(
@@ -245,6 +250,7 @@ def render() -> str:
         ".BR virsh (1),",
         ".BR udev (7),",
         ".BR systemd.timer (5),",
+        ".BR systemd.exec (5),",
         ".BR NetworkManager\\-dispatcher (8)",
     ]
     return "\n".join(lines) + "\n"

@@ -19,6 +19,7 @@ import fnmatch
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -637,6 +638,173 @@ def test_libvirt_network_hook_hands_off_to_a_worker_unit(harness, host, bed, ude
     print("\n".join(["journal of the network hook's hand-off:", *lines]))
     put_back = f"put tap {tap} of NIC {nic.mac} of domain {guest.name} back on bridge {bridge}"
     assert any(line.startswith(f"{PKG}@") and put_back in line for line in lines), "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- issue 17: the sandbox
+
+EXPOSURE = re.compile(r"Overall exposure level for (\S+): (\d+\.\d+)")
+CAP_NET_ADMIN_ONLY = f"{1 << 12:016x}"  # /proc/PID/status's CapBnd with CAP_NET_ADMIN (12) alone
+HOOKS = Path("/etc/macvtap-hook/uplink.d")
+
+
+def test_units_are_rated_ok_by_systemd_analyze_security(host) -> None:  # type: ignore[no-untyped-def]
+    """The installed units, as this host's systemd loads them: exposure <= 2.5."""
+    units = (f"{PKG}@1.service", f"{PKG}-reconcile.service")
+    done = host.run("systemd-analyze", "security", "--no-pager", *units, check=False)
+    print(done.stdout)
+    rated = dict(EXPOSURE.findall(done.stdout))
+    assert set(rated) == set(units), done.stdout + done.stderr
+    assert all(float(v) <= 2.5 for v in rated.values()), rated
+
+
+LIFT = """[Service]
+CapabilityBoundingSet=CAP_SYS_MODULE
+RestrictAddressFamilies=AF_INET AF_INET6 AF_PACKET
+IPAddressDeny=
+ProtectKernelModules=no
+"""
+
+
+def test_the_readmes_drop_in_widens_the_sandbox(host) -> None:  # type: ignore[no-untyped-def]
+    """The README's drop-in adds to the unit's lists (not replaces them) and clears the IP deny list."""
+    unit = f"{PKG}@1.service"
+    asked = ("CapabilityBoundingSet", "RestrictAddressFamilies", "IPAddressDeny", "ProtectKernelModules")
+
+    def shown() -> dict[str, str]:
+        out = host.systemctl("show", unit, *(f"-p{p}" for p in asked)).stdout
+        return dict(line.split("=", 1) for line in out.splitlines())
+
+    before = shown()
+    assert before["CapabilityBoundingSet"] == "cap_net_admin" and before["ProtectKernelModules"] == "yes", before
+    assert set(before["RestrictAddressFamilies"].split()) == {"AF_UNIX", "AF_NETLINK"}, before
+    folder = host.root / f"run/systemd/system/{PKG}@.service.d"
+    folder.mkdir(parents=True)
+    try:
+        (folder / "lift.conf").write_text(LIFT)
+        host.systemctl("daemon-reload")
+        after = shown()
+    finally:
+        shutil.rmtree(folder)
+        host.systemctl("daemon-reload")
+    print(f"before: {before}\nafter: {after}")
+    assert set(after["CapabilityBoundingSet"].split()) == {"cap_net_admin", "cap_sys_module"}, after
+    families = {"AF_UNIX", "AF_NETLINK", "AF_INET", "AF_INET6", "AF_PACKET"}
+    assert set(after["RestrictAddressFamilies"].split()) == families, after
+    assert after["IPAddressDeny"] == "" and after["ProtectKernelModules"] == "no", after
+    assert shown() == before
+
+
+@pytest.fixture
+def configured(host: sh.SystemdHost) -> Iterator[Path]:
+    """/etc/macvtap-hook for one test (config and uplink hooks); removed after,
+    the folder too unless it was there before the package."""
+    HOOKS.mkdir(parents=True, exist_ok=True)
+    HOOKS.chmod(0o755)
+    CONFIG.parent.chmod(0o755)
+    try:
+        yield CONFIG
+    finally:
+        CONFIG.unlink(missing_ok=True)
+        shutil.rmtree(HOOKS, ignore_errors=True)
+        if not BEFORE.get("etc", True):
+            with contextlib.suppress(OSError):
+                CONFIG.parent.rmdir()
+
+
+SANDBOX_PROBE = """#!/bin/sh
+# What an uplink hook sees of the unit's sandbox, then the macvlan it re-creates.
+[ "$1" = "{parent}" ] || exit 0
+{{ grep -E '^(CapBnd|CapEff|NoNewPrivs):' /proc/self/status
+  if touch /etc/mht-sandbox-probe 2>/dev/null; then echo "etc: writable"; rm -f /etc/mht-sandbox-probe
+  else echo "etc: read-only"; fi
+}} > /run/macvtap-hook/mht-hook-view
+ip link add link "$1" name "{made}" type macvlan mode bridge
+ip link set "{made}" up
+"""
+
+
+def test_in_the_sandbox_stacked_uplinks_are_made_and_uplink_hooks_run(  # type: ignore[no-untyped-def]
+    harness, host, bed, configured
+) -> None:
+    """Two NICs on two macvlans of one parent: one declared in [[stacked]]
+    (the tool makes it), one an uplink hook makes. The parent goes and comes:
+    both back, pinging; the hook ran with the unit's bounding set, unable to
+    write /etc."""
+    parent = harness.Uplink.make(6, SUB)
+    declared, by_hook = f"{SUB}6s", f"{SUB}6h"
+    other = f"{harness.SUBNET}.7"  # NIC b's subnet: the parent's peer answers there too
+    answer_on_other = ["ip", "-n", parent.netns, "addr", "add", f"{other}.1/24", "dev", parent.peer]
+    harness.run(answer_on_other)
+    configured.write_text(
+        f'[[stacked]]\nname = "{declared}"\nparent = "{parent.name}"\nkind = "macvlan"\nmode = "bridge"\n'
+    )
+    probe = HOOKS / "50-mht-probe"
+    probe.write_text(SANDBOX_PROBE.format(parent=parent.name, made=by_hook))
+    probe.chmod(0o755)
+    for name in (declared, by_hook):
+        harness.run(["ip", "link", "add", "link", parent.name, "name", name, "type", "macvlan", "mode", "bridge"])
+        harness.run(["ip", "link", "set", name, "up"])
+    a = harness.Nic(
+        mac=harness.mac_for(6, 10), address=parent.guest_address(10), peer=parent.peer_addr, uplink=declared
+    )
+    b = harness.Nic(mac=harness.mac_for(6, 11), address=f"{other}.11/24", peer=f"{other}.1", uplink=by_hook)
+    guest = bed.guest([a, b])
+    for nic in (a, b):
+        guest.wait_for_ping(nic.mac, timeout=90)
+
+    parent.delete()  # the kernel deletes both macvlans, and the macvtaps on them
+    settle(host)
+    assert sorted(p["uplink"] for p in status(host)["parked"]) == sorted([declared, by_hook])
+
+    view = host.root / "run/macvtap-hook/mht-hook-view"
+    pos = guest.console_position()
+    parent.recreate()
+    harness.run(answer_on_other)  # on the new peer
+    try:
+        for nic in (a, b):  # a macvtap on a macvlan sits on the macvlan's own lower device (the kernel's choice)
+            wait_alive(harness, guest, nic.mac, parent.name)
+    finally:
+        print("\n".join(["journal:", *unit_lines(host, bed.cursor, f"{PKG}*")]))
+    settle(host)
+    for nic in (a, b):
+        iface = harness.interface_element(guest.live_xml(), nic.mac)
+        assert iface.find("source").get("dev") == nic.uplink
+    for nic in (a, b):
+        guest.wait_for_ping(nic.mac, after_line=pos, timeout=30)
+    assert status(host)["parked"] == []
+    seen = dict(line.split(":", 1) for line in view.read_text().splitlines())
+    view.unlink()
+    print(f"the uplink hook's view: {seen}")
+    assert seen["CapBnd"].strip() == CAP_NET_ADMIN_ONLY and seen["NoNewPrivs"].strip() == "1", seen
+    assert seen["etc"].strip() == "read-only", seen
+    text = "\n".join(unit_lines(host, bed.cursor, f"{PKG}*"))
+    assert f"created macvlan {declared} on {parent.name}" in text, text
+    assert f"running uplink hook {probe} {parent.name}" in text, text
+    # A setting this kernel or systemd cannot apply is a warning of systemd's about the unit.
+    warned = [
+        _line(e)
+        for e in journal_since(host, bed.cursor)
+        if e.get("SYSLOG_IDENTIFIER") == "systemd" and int(e.get("PRIORITY", 6)) <= 4 and _ours(e)
+    ]
+    assert not warned, "\n".join(warned)
+
+
+def test_in_the_sandbox_a_pool_nic_moves_to_the_member_left(harness, host, bed) -> None:  # type: ignore[no-untyped-def]
+    a, b = harness.Uplink.make(8, SUB), harness.Uplink.make(9, SUB)
+    harness.run(["ip", "-n", b.netns, "addr", "add", f"{a.peer_addr}/24", "dev", b.peer])
+    net = bed.pool_network("pool", [a.name, b.name]).name()
+    nic = harness.Nic.on_network(net, a, 10)
+    guest = bed.guest([nic])
+    guest.wait_for_ping(nic.mac, timeout=90)
+    pos = guest.console_position()
+    a.delete()
+    wait_alive(harness, guest, nic.mac, b.name)
+    guest.wait_for_ping(nic.mac, after_line=pos, timeout=30)
+    settle(host)
+    assert status(host)["parked"] == []
+    assert f"uplink {a.name} is gone; it goes straight back on pool network {net}" in "\n".join(
+        unit_lines(host, bed.cursor, f"{PKG}@*")
+    )
 
 
 def test_purge_leaves_nothing(host) -> None:  # type: ignore[no-untyped-def]

@@ -66,6 +66,41 @@ def test_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
     assert not problems, done.stderr
 
 
+EXPOSURE = re.compile(r"Overall exposure level for (\S+): (\d+\.\d+)")
+
+
+def test_units_are_sandboxed_to_an_exposure_of_at_most_2_5(tmp_path: Path) -> None:
+    """Issue 17's target, as this release's systemd-analyze rates the rendered
+    units (offline); test_systemd_host.py rates the installed ones online."""
+    if shutil.which("systemd-analyze") is None:
+        (pytest.fail if os.environ.get("CI") else pytest.skip)("systemd-analyze is not installed")
+    (tmp_path / "macvtap-hook@42.service").write_text(hf.worker_unit("/bin/true"))
+    (tmp_path / hf.RECONCILE_UNIT).write_text(hf.reconcile_unit("/bin/true"))
+    done = subprocess.run(
+        ["systemd-analyze", "security", "--offline=true", "--no-pager", "macvtap-hook@42.service", hf.RECONCILE_UNIT],
+        capture_output=True, text=True, check=False, cwd=tmp_path,
+    )  # fmt: skip
+    rated = dict(EXPOSURE.findall(done.stdout))
+    assert set(rated) == {"macvtap-hook@42.service", hf.RECONCILE_UNIT}, done.stdout + done.stderr
+    assert all(float(v) <= 2.5 for v in rated.values()), done.stdout
+
+
+@pytest.mark.parametrize(
+    ("paths", "expected"),
+    [
+        (("/usr/bin/macvtap-hook", "/usr/bin/python3", "/usr/lib/python3/dist-packages/macvtap_hook"), "yes"),
+        (("/opt/mh/bin/macvtap-hook", "/root/.pyenv/versions/3.11.7/bin/python3.11", "/opt/mh/lib"), "read-only"),
+        (("/home/ann/venv/bin/macvtap-hook", "/usr/bin/python3", "/home/ann/venv/lib"), "read-only"),
+        (("/opt/mh/bin/macvtap-hook", "/opt/mh/bin/python3", "/rootfs/lib"), "yes"),
+    ],
+)
+def test_a_home_installation_keeps_its_home_readable(paths: tuple[str, ...], expected: str) -> None:
+    """ProtectHome=yes would hide an entry point, interpreter or package that
+    lives below /home or /root: the unit could not start."""
+    assert hf.protect_home_for(*paths) == expected
+    assert f"\nProtectHome={expected}\n" in hf.worker_unit(paths[0], expected)
+
+
 # udev.7: KEY[{attribute}] OPERATOR "value", the keys this rule uses.
 UDEV_CLAUSE = re.compile(r'^(ACTION|SUBSYSTEM|KERNEL|RUN|GOTO|LABEL)(\{[a-z]+\})?(==|!=|\+=|=)"[^"]*"$')
 

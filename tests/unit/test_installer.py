@@ -31,8 +31,9 @@ def test_install_puts_every_file_in_place_and_is_idempotent(tmp_path: Path, caps
     rule = files["etc/udev/rules.d/90-macvtap-hook.rules"]
     assert rule == hf.udev_rule(BIN) and f'RUN+="{BIN} udev"' in rule
     units = "etc/systemd/system"
-    assert files[f"{units}/macvtap-hook@.service"] == hf.worker_unit(BIN)
-    assert files[f"{units}/macvtap-hook-reconcile.service"] == hf.reconcile_unit(BIN)
+    home = hf.protect_home_for(BIN, PYTHON, os.path.dirname(hf.__file__))
+    assert files[f"{units}/macvtap-hook@.service"] == hf.worker_unit(BIN, home)
+    assert files[f"{units}/macvtap-hook-reconcile.service"] == hf.reconcile_unit(BIN, home)
     assert files[f"{units}/macvtap-hook-reconcile.timer"] == hf.reconcile_timer()
     for daemon in ("libvirtd", "virtqemud"):
         assert files[f"{units}/{daemon}.service.d/macvtap-hook.conf"] == hf.libvirtd_dropin()
