@@ -2,7 +2,9 @@
 
 Reading goes through sysfs (a directory listing and a few small files per
 interface): it costs a fraction of importing pyroute2, and a run reads the
-links in every round. pyroute2 stays for whatever changes links.
+links in every round. Changes go through netlink: bridge ports through
+rtnl.py (a tap's return to its bridge is a latency that counts), stacked
+uplinks through pyroute2.
 """
 
 from __future__ import annotations
@@ -34,8 +36,6 @@ if TYPE_CHECKING:
 
 SYSFS_NET = "/sys/class/net"
 IFF_UP = 0x1
-BRIDGE_VLAN_INFO_PVID = 0x2
-BRIDGE_VLAN_INFO_UNTAGGED = 0x4
 # A subfolder that tells a link's kind; other kinds come from DEVTYPE.
 _KIND_DIRS = (("macvtap", "macvtap"), ("bridge", "bridge"), ("bonding", "bond"))
 # libvirt's names for the macvtaps it creates: all that tells a macvtap
@@ -165,8 +165,9 @@ def _devtype(base: str) -> str | None:
 
 
 class NetlinkLinks:
-    """What changes links, through pyroute2 (its only importer); links are
-    read from sysfs (SysfsLinks), which costs no import."""
+    """What changes links: stacked uplinks through pyroute2 (its only
+    importer), bridge ports through rtnl.py; links are read from sysfs
+    (SysfsLinks), which costs no import."""
 
     def create(self, spec: StackedUplink, parent: int) -> None:
         from pyroute2 import IPRoute
@@ -192,57 +193,55 @@ class NetlinkLinks:
         master, port isolation and VLANs, and the tap up last: libvirt's
         order (virNetDevTapAttachBridge). VLANs only on a bridge that
         filters VLANs (a kernel without it refuses them: the tap would then
-        lose its bridge for a setting that does nothing there)."""
+        lose its bridge for a setting that does nothing there). Through
+        rtnl.py, not pyroute2: this is the path of a bridge's return."""
         import errno
 
-        from pyroute2 import IPRoute
-        from pyroute2.netlink.exceptions import NetlinkError
-
         from macvtap_hook.errors import LinkError
+        from macvtap_hook.rtnl import Rtnl
 
         step = "opening netlink"
         joined = False
         try:
-            with IPRoute() as ipr:
+            with Rtnl() as nl:
                 if settings.mtu:
                     step = f"setting MTU {settings.mtu}"
-                    ipr.link("set", index=tap_index, mtu=settings.mtu)
+                    nl.set_mtu(tap_index, settings.mtu)
                 step = f"setting master {bridge}"
-                ipr.link("set", index=tap_index, master=bridge_index)
+                nl.set_master(tap_index, bridge_index)
                 joined = True
                 if settings.isolated:
                     step = "isolating the port"
-                    ipr.brport("set", index=tap_index, isolated=1)
+                    nl.isolate_port(tap_index)
                 if settings.vlans and _bridge_flag(bridge, "vlan_filtering"):
                     wanted = {vid for vid, _, _ in settings.vlans}
                     for vid, pvid, untagged in settings.vlans:
                         step = f"adding VLAN {vid}"
-                        flags = (BRIDGE_VLAN_INFO_PVID if pvid else 0) | (BRIDGE_VLAN_INFO_UNTAGGED if untagged else 0)
-                        ipr.vlan_filter("add", index=tap_index, vlan_info={"vid": vid, "flags": flags})
+                        nl.add_vlan(tap_index, vid, pvid, untagged)
                     default = _default_pvid(bridge)
                     if default and default not in wanted:
                         # A new port gets the bridge's default VLAN; the guest
                         # belongs in its own VLANs only.
                         step = f"removing default VLAN {default}"
-                        ipr.vlan_filter("del", index=tap_index, vlan_info={"vid": default})
+                        nl.del_vlan(tap_index, default)
                 if settings.up:
                     step = "setting it up"
-                    ipr.link("set", index=tap_index, state="up")
-        except (NetlinkError, OSError) as exc:
+                    nl.set_up(tap_index)
+        except OSError as exc:
             if joined:
                 _leave(tap_index)  # as libvirt: no port without its isolation or VLANs
-            gone = isinstance(exc, NetlinkError) and exc.code == errno.ENODEV
-            raise LinkError(operation=step, link=tap, reason=str(exc), gone=gone) from None
+            raise LinkError(
+                operation=step, link=tap, reason=exc.strerror or str(exc), gone=exc.errno == errno.ENODEV
+            ) from None
 
 
 def _leave(tap_index: int) -> None:
-    from pyroute2 import IPRoute
-    from pyroute2.netlink.exceptions import NetlinkError
+    from macvtap_hook.rtnl import Rtnl
 
     try:
-        with IPRoute() as ipr:
-            ipr.link("set", index=tap_index, master=0)
-    except (NetlinkError, OSError):
+        with Rtnl() as nl:
+            nl.set_master(tap_index, 0)
+    except OSError:
         pass  # it is retried from scratch by the next run either way
 
 
