@@ -9,7 +9,7 @@ No I/O here; the engine carries the actions out through the links adapter.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -131,3 +131,39 @@ def plan_ports(domains: Sequence[DomainView], links: Links, only: frozenset[str]
                 )
             )
     return tuple(todo)
+
+
+# (bridge, tap, tap ifindex, tap MAC): a tap the bridge's return can take back at once.
+QuickPort = tuple[str, str, int, str]
+
+
+def quick_ports(domains: Sequence[DomainView], links: Links) -> tuple[QuickPort, ...]:
+    """Every running domain's bridge NIC whose tap exists, is the NIC's,
+    and needs nothing but a master to be a port again (no isolation, VLANs
+    or virtual port): the uplink index lists them, and a bridge's udev
+    event puts them back on it at once (fastport.py)."""
+    found: list[QuickPort] = []
+    for dom in domains:
+        if not dom.running:
+            continue
+        for nic in dom.bridge_nics:
+            if nic.isolated or nic.vlan or port_state(nic, links) not in ("on bridge", "off bridge", "bridge missing"):
+                continue
+            tap = links.get(nic.tap) if nic.tap else None
+            if tap is not None and tap.mac and nic.bridge:
+                found.append((nic.bridge, tap.name, tap.ifindex, tap.mac))
+    return tuple(found)
+
+
+def rejoined_ports(
+    domains: Sequence[DomainView], links: Links, taps: Mapping[str, str]
+) -> tuple[tuple[DomainRef, str, str, str], ...]:
+    """(domain, MAC, tap, bridge) of the NICs whose tap a bridge's udev event
+    put back (`taps`: tap -> bridge, from the hints) and that the live XML
+    confirms on that bridge now: what the run reports as put back."""
+    return tuple(
+        (dom.ref, nic.mac, nic.tap, nic.bridge)
+        for dom in domains
+        for nic in dom.bridge_nics
+        if nic.tap and nic.bridge and taps.get(nic.tap) == nic.bridge and port_state(nic, links) == "on bridge"
+    )

@@ -37,9 +37,10 @@ INLINE_BUDGET = 60.0  # seconds of draining an inline (udev) run may start round
 BUSY_WAIT = 180.0
 
 
-def main(argv: Sequence[str] | None = None, *, verdict: str | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, verdict: str | None = None, rejoined: Sequence[str] = ()) -> int:
     """`verdict`: what entry.py's look at a udev event found (events.verdict),
-    so that it is not made again."""
+    so that it is not made again; `rejoined`: the taps it put back on the
+    bridge that appeared (fastport.py)."""
     args = list(sys.argv[1:] if argv is None else argv)
     verbosity = 0
     if args[:1] == ["libvirt-hook"]:
@@ -48,7 +49,7 @@ def main(argv: Sequence[str] | None = None, *, verdict: str | None = None) -> in
         return _libvirt_network_hook(args[1:])
     try:
         if args[:1] == ["udev"] and len(args) == 1:
-            return _guard(lambda cfg: _udev(cfg, verdict), 0)  # the hot path skips argparse
+            return _guard(lambda cfg: _udev(cfg, verdict, rejoined), 0)  # the hot path skips argparse
         from macvtap_hook.commandline import parser
 
         ns = parser().parse_args(args)
@@ -93,10 +94,15 @@ def _setup_logging(verbosity: int, cfg: Config | None) -> None:
 # -- event entry points -------------------------------------------------------
 
 
-def _udev(cfg: Config, verdict: str | None = None) -> int:
+def _udev(cfg: Config, verdict: str | None = None, rejoined: Sequence[str] = ()) -> int:
+    from dataclasses import replace
+
     from macvtap_hook.events import hint_from_udev
 
-    return _on_event(cfg, hint_from_udev(os.environ), seqnum=os.environ.get("SEQNUM"), verdict=verdict)
+    hint = hint_from_udev(os.environ)
+    if hint is not None and rejoined:
+        hint = replace(hint, rejoined=tuple(rejoined))
+    return _on_event(cfg, hint, seqnum=os.environ.get("SEQNUM"), verdict=verdict)
 
 
 def _nm(ns: Any, cfg: Config) -> int:

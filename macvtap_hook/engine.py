@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from macvtap_hook import messages, nicxml
 from macvtap_hook.autostart import StartPlan
-from macvtap_hook.bridgeports import PutBack
+from macvtap_hook.bridgeports import PutBack, QuickPort, quick_ports, rejoined_ports
 from macvtap_hook.errors import DomainGone, HypervisorError, HypervisorUnavailable, LinkError, MacvtapHookError
 from macvtap_hook.hypervisor import Hypervisor
 from macvtap_hook.identity import StackedUplink, UplinkIdentity, UplinkRule, identity_from_udev
@@ -72,6 +72,8 @@ class Report:
     uplinks: frozenset[str] | None = None
     # Some NIC has a record: an interface that appears under a new name may be its uplink.
     recorded: bool = False
+    # Taps a bridge's return may take back from its udev event (bridgeports.quick_ports), with uplinks.
+    ports: tuple[QuickPort, ...] = ()
     started: int = 0  # domains libvirt could not autostart, started now
     waiting_to_start: list[WaitingStart] = field(default_factory=list)
     # Domains whose NICs wait for a long job of theirs to end (a migration...).
@@ -203,6 +205,7 @@ class Engine:
         self.flapped_twice: set[Key] = set()
         self._identities: dict[tuple[str, int], UplinkIdentity | None] = {}
         self.busy: dict[tuple[str, str], DomainRef] = {}  # found with a long job, once per run
+        self.ports_reported: set[tuple[str, str]] = set()  # (tap, bridge) put back, said once per run
 
     # -- gathering the truth -------------------------------------------------
 
@@ -347,6 +350,8 @@ class Engine:
                 self.report.final = snap
                 self.report.uplinks = watched_uplinks(snap, self.records.values(), self.starts.values())
                 self.report.recorded = bool(self.records)
+                self.report.ports = quick_ports(snap.domains, snap.links)
+                self._report_rejoined(snap)
                 break
             failed.update(self.execute(todo))
             retry_stuck = False
@@ -354,6 +359,19 @@ class Engine:
             self.report.settled = False
             log.warning("links kept changing for %d rounds; the next event or reconcile finishes the work", MAX_ROUNDS)
         return todo, snap
+
+    def _report_rejoined(self, snap: Snapshot) -> None:
+        """The taps a bridge's udev event put back (fastport.py), reported
+        as the run's own once the live XML shows them on their bridge."""
+        taps = {tap: h.iface for h in self.hints for tap in h.rejoined if h.iface}
+        for ref, mac, tap, bridge in rejoined_ports(snap.domains, snap.links, taps) if taps else ():
+            if (tap, bridge) in self.ports_reported:
+                continue
+            self.ports_reported.add((tap, bridge))
+            self.report.put_back += 1
+            log.info(
+                "put tap %s of %s back on bridge %s (from the bridge's udev event)", tap, nic_label(ref, mac), bridge
+            )
 
     def _found_busy(self, todo: Plan) -> bool:
         """Whether a domain the plan changes through libvirt, or holds, is
@@ -704,6 +722,7 @@ class Engine:
                     log.error("could not put tap %s of %s on bridge %s: %s", e.tap, nic, e.bridge, exc)
                 continue
             self.report.put_back += 1
+            self.ports_reported.add((e.tap, e.bridge))
             moved = f" (moved from {e.moved_from})" if e.moved_from else ""
             log.info("put tap %s of %s back on bridge %s%s", e.tap, nic, e.bridge, moved)
         return failed

@@ -20,39 +20,46 @@ if TYPE_CHECKING:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    verdict = None
+    verdict: str | None = None
+    rejoined: list[str] = []
     if args == ["udev"]:
-        verdict = _udev_verdict()
+        verdict, rejoined = _udev_verdict()
         if verdict is None:
             return 0
     elif _ignorable(args):
         return 0
     from macvtap_hook.cli import main as full
 
-    return full(args, verdict=verdict)
+    return full(args, verdict=verdict, rejoined=rejoined)
 
 
-def _udev_verdict() -> str | None:
+def _udev_verdict() -> tuple[str | None, list[str]]:
     """One look at a udev event (events.udev_triage): None when that settled
     it here (it cannot matter, or it was queued and handed to a worker: with
     libvirt 12.3 and later a guest's start waits for the add of its macvtap
     to be handled, and loading the command line first would cost every such
     start); else the verdict, passed on so that it is not made twice ("":
-    none was made)."""
+    none was made). With it, the taps a bridge's appearance took back at
+    once (fastport.py), before the worker is even started."""
+    rejoined: list[str] = []
     try:
         from macvtap_hook import events
 
         said, run_dir, handoff_mode, fields = events.udev_triage(os.environ)
         if said == events.NO:
-            return None
+            return None, rejoined
         if fields is not None:
             from macvtap_hook import handoff
 
+            if fields["bridge"] and fields["iface"] and handoff.can_hand_off(run_dir, handoff_mode):
+                from macvtap_hook import fastport
+
+                rejoined = fields["rejoined"] = fastport.rejoin(run_dir, fields["iface"])
             if handoff.try_hand_off(run_dir, handoff_mode, fields, seqnum=os.environ.get("SEQNUM")):
-                return None
-        return said
+                return None, rejoined
+        return said, rejoined
     except Exception:  # whatever it is, the full path decides again and reports it properly
-        return ""
+        return "", rejoined
 
 
 def _ignorable(args: list[str]) -> bool:

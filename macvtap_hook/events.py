@@ -32,6 +32,7 @@ if TYPE_CHECKING:
         ifindex: int | None
         udev: dict[str, str] | None
         bridge: bool
+        rejoined: list[str]
 
     from macvtap_hook.hints import Hint
     from macvtap_hook.identity import StackedUplink, UplinkIdentity, UplinkRule
@@ -85,6 +86,7 @@ def udev_hint_fields(env: Mapping[str, str]) -> HintFields | None:
         "ifindex": int(ifindex) if ifindex.isdigit() else None,
         "udev": udev_identity_env(env) or None,
         "bridge": bridge_appeared(action, iface, env.get("DEVTYPE", "")),
+        "rejoined": [],
     }
 
 

@@ -108,13 +108,18 @@ def private_folder(path: str) -> bool:
     return stat.S_ISDIR(st.st_mode) and owner_ok and stat.S_IMODE(st.st_mode) == 0o700
 
 
+def can_hand_off(run_dir: str, handoff: str) -> bool:
+    """Whether try_hand_off may: not an inline hand-off, a private hint folder."""
+    return handoff != "inline" and private_folder(os.path.join(run_dir, HINTS))
+
+
 def try_hand_off(run_dir: str, handoff: str, fields: Mapping[str, object], seqnum: str | None) -> bool:
     """Queue the hint and start its worker, silently; False, with nothing
     queued, whenever the command line proper must do it (it then also
     reports what went wrong): an inline hand-off, no private hint folder
     yet, a worker that could not be started."""
     folder = os.path.join(run_dir, HINTS)
-    if handoff == "inline" or not private_folder(folder):
+    if not can_hand_off(run_dir, handoff):
         return False
     path = write_hint(folder, fields)
     failure = start_worker_unit(unit_name(seqnum)) if uses_systemd(handoff) else start_detached_worker()
@@ -125,7 +130,7 @@ def try_hand_off(run_dir: str, handoff: str, fields: Mapping[str, object], seqnu
 
 
 def to_json(value: object) -> str:
-    """JSON of a hint's fields (None, bool, int, str, and dicts of them),
+    """JSON of a hint's fields (None, bool, int, str, and lists and dicts of them),
     without importing the json package, which costs this path more than
     the rest of it; json.loads reads it back."""
     if value is None:
@@ -136,6 +141,8 @@ def to_json(value: object) -> str:
         return str(value)
     if isinstance(value, str):
         return _quote(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(to_json(v) for v in value) + "]"
     if isinstance(value, dict):
         return "{" + ", ".join(f"{_quote(k)}: {to_json(v)}" for k, v in value.items()) + "}"
     raise TypeError(f"a hint holds no {type(value).__name__}")

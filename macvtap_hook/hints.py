@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,11 @@ class Hint:
     # a removed device's are known from its remove event alone.
     udev: dict[str, str] | None = None
     bridge: bool = False  # the interface that appeared is a Linux bridge
+    # Taps the udev RUN program already put back on that bridge (fastport.py).
+    rejoined: Sequence[str] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "rejoined", tuple(self.rejoined))  # JSON gives a list
 
     def describe(self) -> str:
         if self.old_iface:

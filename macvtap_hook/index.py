@@ -22,6 +22,9 @@ HEADER = "macvtap-hook uplink index 1"
 # A line no interface can be named (':' is not allowed): some NIC is parked,
 # so an interface that appears under a new name may be its uplink.
 PARKED = ":parked"
+# ":port BRIDGE TAP IFINDEX MAC": a running guest's tap that needs only a
+# master to be a port of BRIDGE again (bridgeports.quick_ports, fastport.py).
+PORT = ":port "
 
 
 def index_path(run_dir: str) -> str:
@@ -42,9 +45,12 @@ def read_index(run_dir: str) -> frozenset[str] | None:
     return frozenset(lines[1:-1])
 
 
-def write_index(run_dir: str, names: Iterable[str], *, parked: bool = False) -> None:
+def write_index(
+    run_dir: str, names: Iterable[str], *, parked: bool = False, ports: Iterable[tuple[str, str, int, str]] = ()
+) -> None:
     """The names whose events matter; `parked`: some NIC has a record (the
-    PARKED line)."""
+    PARKED line); `ports`: (bridge, tap, tap ifindex, tap MAC) of taps a
+    bridge's return may take back at once."""
     from pathlib import Path
 
     from macvtap_hook.ifname import valid_ifname
@@ -55,8 +61,27 @@ def write_index(run_dir: str, names: Iterable[str], *, parked: bool = False) -> 
     # A name libvirt took from a domain's XML could hold a newline: one
     # line per name only for names the kernel could have made.
     lines = sorted(n for n in names if valid_ifname(n)) + ([PARKED] if parked else [])
+    lines += sorted(
+        f"{PORT}{bridge} {tap} {ifindex} {mac}"
+        for bridge, tap, ifindex, mac in ports
+        if valid_ifname(bridge) and valid_ifname(tap) and _MAC_CHARS.issuperset(mac) and len(mac) == 17
+    )
     body = "\n".join([HEADER, *lines, ""])
     atomic_write(Path(index_path(run_dir)), body.encode())
+
+
+_MAC_CHARS = frozenset("0123456789abcdef:")
+
+
+def ports_of(names: frozenset[str], bridge: str) -> list[tuple[str, int, str]]:
+    """(tap, tap ifindex, tap MAC) of the PORT lines of `bridge`."""
+    found = []
+    for line in names:
+        if line.startswith(PORT):
+            fields = line[len(PORT) :].split(" ")
+            if len(fields) == 4 and fields[0] == bridge and fields[2].isdigit():
+                found.append((fields[1], int(fields[2]), fields[3]))
+    return found
 
 
 def drop_index(run_dir: str) -> None:

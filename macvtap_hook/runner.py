@@ -168,7 +168,9 @@ def run(
         if report is not None and report.uplinks is not None:
             # Macvtaps libvirt created since the last look (a guest starting):
             # an event about one of them may have read the index this replaces.
-            index.write_index(str(cfg.run_dir), report.uplinks | macvtap_lowers(), parked=report.recorded)
+            index.write_index(
+                str(cfg.run_dir), report.uplinks | macvtap_lowers(), parked=report.recorded, ports=report.ports
+            )
         else:
             index.drop_index(str(cfg.run_dir))
         StateStore(cfg.state_file).ensure_exists()

@@ -71,8 +71,32 @@ def test_bridge_recreated_puts_the_tap_back(harness, testbed, hook, timings) -> 
     assert ": ERROR " not in hook.log() and not warnings, "no false alarms (install's AppArmor warning aside)"
 
 
+FROM_EVENT = "(from the bridge's udev event)"
+
+
+def test_a_bridge_back_takes_its_listed_taps_back_from_its_own_udev_event(harness, testbed, hook, timings) -> None:  # type: ignore[no-untyped-def]
+    """Once a run has listed the tap in the uplink index, the bridge's udev
+    RUN program makes it a port again itself (fastport.py), before any
+    worker; the worker's run confirms it against the live XML and says so."""
+    bu, nic, guest, tap = booted_on_bridge(harness, testbed)
+    hook.cli("reconcile")  # what the timer or any event's run does: the index lists the tap
+    bu.delete()
+    hook.settle()
+    pos = guest.console_position()
+    start = time.monotonic()
+    bu.recreate()
+    harness.wait_until(lambda: harness.port_of(tap)["master"] == bu.bridge, 30, "the tap on the bridge", interval=0.002)
+    timings["bridge back -> tap on it, from its udev event"] = time.monotonic() - start
+    hook.settle()
+    assert_back_and_pinging(harness, hook, guest, nic, bu.bridge, tap, pos)
+    line = f"put tap {tap} of NIC {nic.mac} of domain {guest.name} back on bridge {bu.bridge}"
+    assert hook.log().count(f"{line} {FROM_EVENT}") == 1, hook.log()
+    assert hook.log().count(line) == 1, "said once, by the worker's run"
+
+
 def test_port_settings_are_restored(harness, testbed, hook) -> None:  # type: ignore[no-untyped-def]
     bu, nic, guest, tap = booted_on_bridge(harness, testbed, PORT_EXTRA)
+    hook.cli("reconcile")  # listed or not, a port with settings is the worker's to put back
     before = harness.port_of(tap)
     bu.delete()
     pos = guest.console_position()
@@ -83,6 +107,7 @@ def test_port_settings_are_restored(harness, testbed, hook) -> None:  # type: ig
     assert (before["mtu"], before["isolated"]) == (1400, True), "what libvirt set"
     assert (after["mtu"], after["isolated"]) == (1400, True), "what the tool put back"
     assert harness.port_of(bu.port.name)["isolated"] is False, "the bridge's own port is not isolated"
+    assert f"back on bridge {bu.bridge}" in hook.log() and FROM_EVENT not in hook.log()
 
 
 def test_libvirt_network_destroyed_and_started(harness, testbed, hook, timings) -> None:  # type: ignore[no-untyped-def]

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from macvtap_hook.bridgeports import plan_ports, port_state, vlan_entries
+from macvtap_hook.bridgeports import plan_ports, port_state, quick_ports, rejoined_ports, vlan_entries
+from macvtap_hook.hints import Hint
 from macvtap_hook.model import BridgeNic, DomainRef, DomainView, Link, Links, PortSettings, VlanTag
 from tests.fakes import World, bridge_nic, direct_nic, network_nic
 
@@ -108,6 +110,33 @@ def test_states_for_status() -> None:
     assert port_state(nic(), Links.of(BR0)) == "tap missing"
     assert port_state(nic(tap=None), Links.of(BR0)) == "setting up"
     assert port_state(nic(virtualport="openvswitch"), Links.of(BR0)) == "not ours"
+
+
+def test_quick_ports_are_the_plain_ports_whose_tap_is_there() -> None:
+    """What the index lists for a bridge's udev event: on, off or waiting
+    for its bridge, if a master is all the port needs."""
+    entry = ("br0", "vnet0", 20, TAPMAC)
+    assert quick_ports([dom(nic())], Links.of(BR0, tap(master=10))) == (entry,)
+    assert quick_ports([dom(nic())], Links.of(BR0, tap())) == (entry,)
+    assert quick_ports([dom(nic())], Links.of(tap())) == (entry,), "bridge missing: its return takes it back"
+    assert quick_ports([dom(nic(mtu=1400))], Links.of(tap())) == (entry,), "the MTU is checked when it joins"
+    for why, n, links, running in [
+        ("isolated", nic(isolated=True), Links.of(tap()), True),
+        ("VLANs", nic(vlan=(VlanTag(10),)), Links.of(tap()), True),
+        ("openvswitch", nic(virtualport="openvswitch"), Links.of(tap()), True),
+        ("no tap", nic(), Links.of(BR0), True),
+        ("another device took the name", nic(), Links.of(tap(mac="02:00:00:00:00:09", kind=None)), True),
+        ("not running", nic(), Links.of(tap()), False),
+    ]:
+        assert quick_ports([dom(n, running=running)], links) == (), why
+
+
+def test_rejoined_ports_are_those_the_live_xml_confirms_on_their_bridge() -> None:
+    on = Links.of(BR0, BR1, tap(master=10))
+    assert rejoined_ports([dom(nic())], on, {"vnet0": "br0"}) == ((REF, MAC, "vnet0", "br0"),)
+    assert rejoined_ports([dom(nic())], Links.of(BR0, tap()), {"vnet0": "br0"}) == (), "not on it"
+    assert rejoined_ports([dom(nic())], on, {"vnet0": "br1"}) == (), "put on another bridge than its own"
+    assert rejoined_ports([dom(nic())], on, {}) == ()
 
 
 # -- the engine, against fakes ----------------------------------------------------
@@ -225,3 +254,31 @@ def test_dry_run_describes_a_tap_to_put_back() -> None:
     todo = Plan(put_back=plan_ports([dom(nic())], Links.of(BR0, BR1, tap(master=11))))
     assert describe(todo) == [f"put back: tap vnet0 of NIC {MAC} of domain web on bridge br0 (move it from br1)"]
     assert describe(Plan()) == ["nothing to do"]
+
+
+def test_a_tap_the_bridges_udev_event_put_back_is_reported_once(world: World, caplog: pytest.LogCaptureFixture) -> None:
+    """fastport.py put the tap back before the worker's run: the run finds
+    it on its bridge, reports it as put back, and lists it for the next time."""
+    world.hv.start("web", UUID1, [bridge_nic(MAC, "br0")])
+    world.links.delete("br0")
+    report = world.converge()
+    tap_link = world.links.links["vnet0"]
+    assert report.ports == (("br0", "vnet0", tap_link.ifindex, tap_link.mac),), "listed while its bridge is gone"
+    br0 = world.links.add("br0", kind="bridge", mtu=1500, up=True)
+    world.links.links["vnet0"] = replace(tap_link, master=br0.ifindex)  # what fastport.rejoin did
+    caplog.set_level(logging.INFO)
+    hint = Hint("udev", "add", "br0", bridge=True, rejoined=["vnet0"])
+    report = world.converge(hints=[hint, hint])
+    assert report.put_back == 1
+    lines = [r.getMessage() for r in caplog.records if "back on bridge" in r.getMessage()]
+    assert lines == [f"put tap vnet0 of NIC {MAC} of domain web back on bridge br0 (from the bridge's udev event)"]
+    assert world.links.ports == {}, "the run itself changed nothing"
+    assert report.ports == (("br0", "vnet0", tap_link.ifindex, tap_link.mac),)
+
+
+def test_a_rejoin_the_live_xml_does_not_confirm_is_not_reported(world: World) -> None:
+    world.hv.start("web", UUID1, [bridge_nic(MAC, "br0")])
+    world.links.delete("br0")
+    world.links.add("br0", kind="bridge", mtu=1500, up=True)
+    report = world.converge(hints=[Hint("udev", "add", "br0", bridge=True, rejoined=["vnet0"])])
+    assert report.put_back == 1 and world.links.ports["vnet0"], "the run put it back itself"

@@ -15,6 +15,7 @@ import pytest
 
 from macvtap_hook import handoff, index
 from macvtap_hook.events import hint_from_udev
+from macvtap_hook.hints import Hint
 from tests.workers import detached_drains, lock_held, wait_for_no_drains
 
 REPO = Path(__file__).resolve().parents[2]
@@ -73,7 +74,8 @@ def test_an_event_that_needs_a_run_is_handed_off_before_any_heavy_import(tmp_pat
     assert probe(env, event) == ("0", "[]")
     expected = hint_from_udev(event)
     assert expected is not None
-    assert hints(tmp_path) == [expected.__dict__], "the same hint as the command line's, kept by the worker"
+    queued = hints(tmp_path)
+    assert [Hint(**h) for h in queued] == [expected], "the same hint as the command line's, kept by the worker"
 
 
 def test_an_event_that_cannot_matter_is_not_handed_off(tmp_path: Path) -> None:
@@ -124,6 +126,7 @@ def test_a_worker_that_cannot_start_leaves_no_hint(tmp_path: Path, monkeypatch: 
         {"a": None, "b": True, "c": False, "d": 0, "e": -12, "f": ""},
         {"iface": 'we"ird\\name', "udev": {"ID_MODEL_ID": "Gerät\u2028\x7f\x01", "ID_BUS": "usb"}},
         {"udev": None, "nested": {}},
+        {"rejoined": ["vnet0", "vnet12"], "none": []},
     ],
 )
 def test_hint_json_reads_back_as_written(value: dict[str, object]) -> None:
@@ -132,7 +135,7 @@ def test_hint_json_reads_back_as_written(value: dict[str, object]) -> None:
     assert text == json.dumps(value), "byte for byte what the json package writes"
 
 
-@pytest.mark.parametrize("value", [{"x": 1.5}, {"x": [1]}, {1: "x"}])
+@pytest.mark.parametrize("value", [{"x": 1.5}, {"x": [1.5]}, {"x": {1, 2}}, {1: "x"}])
 def test_hint_json_refuses_what_a_hint_never_holds(value: object) -> None:
     with pytest.raises(TypeError):
         handoff.to_json(value)
