@@ -29,6 +29,12 @@
     add then always needs a full run and is handed to a worker (the
     costlier case; a later guest on an indexed uplink takes the cheap exit).
 
+(f) with --fifty N: N guests of 128 MiB with two direct NICs each on two
+    uplinks; one uplink deleted and made again: until all N NICs on it are
+    attached (their macvtaps exist), through udevd and the rule, by
+    `reconcile` by hand (its own peak RSS) and by raw libvirt attaching all
+    at once from N threads; `status` and `status --json` of the 2N NICs.
+
 The tool runs with the hand-off its configuration would have by default
 (without systemd as PID 1: a detached worker) unless --handoff says another.
 
@@ -532,12 +538,125 @@ def bench_start(tool: Tool, tb: Any, uplink_index: int, cycles: int) -> list[str
 # --------------------------------------------------------------------------- main
 
 
+# --------------------------------------------------------------------------- (f) fifty guests
+
+
+def peak_rss(argv: Sequence[str]) -> tuple[float, int]:
+    """Wall seconds and the process's own peak RSS (VmHWM, KiB), sampled
+    every 2 ms until it exits: wait4's ru_maxrss would count the bench's own
+    memory, which a forked child starts with."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    peak = 0
+    while proc.poll() is None:
+        try:
+            with open(f"/proc/{proc.pid}/status") as fh:
+                peak = max(peak, *(int(line.split()[1]) for line in fh if line.startswith("VmHWM:")))
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.002)
+    return time.perf_counter() - start, peak
+
+
+def uppers(uplink: str) -> int:
+    """The macvtaps on the uplink (sysfs upper_* links): cheaper to poll than fifty live XMLs."""
+    try:
+        return sum(1 for name in os.listdir(f"/sys/class/net/{uplink}") if name.startswith("upper_macvtap"))
+    except FileNotFoundError:
+        return 0
+
+
+def bench_fifty(tool: Tool, tb: Any, n: int, cycles: int) -> list[str]:
+    """n guests of 128 MiB with two direct NICs each on uplinks A and B; A
+    goes and comes back: until all n NICs on A are attached (their macvtaps
+    exist), through udev, by `reconcile` and by raw libvirt all at once."""
+    import libvirt
+
+    a, b = tb.uplink(30), tb.uplink(31)
+    start = time.monotonic()
+    guests = []
+    for i in range(n):
+        nics = [harness.Nic.direct(a, 10 + i), harness.Nic.direct(b, 10 + i)]
+        guests.append((tb.guest(nics, name=f"f{i:02d}", memory_mib=128), nics[0]))
+    for g, nic in guests:
+        g.wait_for_ping(nic.mac, timeout=900)
+    booted = time.monotonic() - start
+    xml = {nic.mac: harness.attachable_xml(g.interface_xml(nic.mac)) for g, nic in guests}
+    tool.configure()
+    with CONFIG.open("a") as fh:
+        fh.write(f'metrics_file = "{tool.work}/metrics.prom"\n')
+
+    def gone() -> bool:
+        return all(g.interface_xml(nic.mac) is None for g, nic in guests)
+
+    def back(bring_back: Callable[[], None]) -> float:
+        start = time.monotonic()
+        bring_back()
+        return wait_all(lambda: uppers(a.name) == n, 300, f"{n} NICs attached") - start
+
+    tool.install()
+    try:
+        tool.run("reconcile")
+        by_udev = []
+        for _ in range(cycles):
+            a.delete()
+            settle()
+            assert gone(), "the hook did not park the NICs"
+            by_udev.append(back(a.recreate))
+            settle()
+        status = [timed([BIN, "status"]) for _ in range(cycles)]
+        status_json = [timed([BIN, "status", "--json"]) for _ in range(cycles)]
+    finally:
+        tool.uninstall()
+    a.delete()
+    park_wall, park_rss = peak_rss([BIN, "-q", "reconcile"])
+    a.recreate()
+    attach_wall, attach_rss = peak_rss([BIN, "-q", "reconcile"])
+    assert uppers(a.name) == n, "reconcile attached them all"
+    metrics = (tool.work / "metrics.prom").read_text()
+    nics = sum(int(float(line.split()[-1])) for line in metrics.splitlines() if line.startswith("macvtap_hook_nics{"))
+
+    live = libvirt.VIR_DOMAIN_AFFECT_LIVE
+
+    def raw_back() -> None:
+        a.recreate()
+        threads = [
+            threading.Thread(target=lambda g=g, m=nic.mac: g.domain().attachDeviceFlags(xml[m], live))
+            for g, nic in guests
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+    raw = []
+    for _ in range(cycles):
+        a.delete()
+        for g, nic in guests:
+            g.domain().detachDeviceFlags(g.interface_xml(nic.mac), live)
+        wait_all(gone, 120, "raw detach")
+        raw.append(back(raw_back))
+    udev_med, raw_med = statistics.median(by_udev), statistics.median(raw)
+    return [
+        f"(f) {n} guests, two NICs each on two uplinks (booted and pinging in {booted:.0f} s); "
+        f"one uplink back -> its {n} NICs attached (median of {cycles})",
+        f"    udev rule (real path)        {ms(udev_med)}    {udev_med / raw_med:.2f} x raw all at once"
+        " (target <= 1.1 x)",
+        f"    reconcile by hand            {ms(attach_wall)}    peak RSS {attach_rss / 1024:.1f} MiB"
+        f" (parking them: {ms(park_wall)}, {park_rss / 1024:.1f} MiB)",
+        f"    raw libvirt, all at once     {ms(raw_med)}   ({n} threads, one connection)",
+        f"    status / status --json of {2 * n} NICs: {ms(statistics.median(t[0] for t in status))} / "
+        f"{ms(statistics.median(t[0] for t in status_json))} (target < 200 ms); the metrics file counts {nics} NICs",
+    ]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=40, help="runs of each event in (a)")
     parser.add_argument("--cycles", type=int, default=5, help="uplink cycles per method in (b) and (c)")
     parser.add_argument("--guests", default="1,8", help="guest counts for (b), comma-separated")
     parser.add_argument("--no-bridge", action="store_true", help="leave out (d), the bridge taps")
+    parser.add_argument("--fifty", type=int, default=0, help="(f): this many guests with two NICs each (0: none)")
     parser.add_argument("--handoff", help="the tool's `handoff` setting (default: its own default)")
     args = parser.parse_args()
     found = other_installation()
@@ -572,6 +691,9 @@ def main() -> int:
                     print(line, flush=True)
             for line in bench_start(tool, tb, len(sizes) + 2, args.cycles):
                 print(line, flush=True)
+            if args.fifty:
+                for line in bench_fifty(tool, tb, args.fifty, args.cycles):
+                    print(line, flush=True)
         except Exception:
             for guest in tb.guests:  # a guest that died says why on its console
                 if guest.dom is not None and not guest.is_running():

@@ -663,3 +663,27 @@ def test_pool_nic_waits_while_every_member_is_gone(world: World) -> None:
     world.links.add("up1")
     assert world.converge().attached == 1
     assert world.nics(UUID1)[MAC1].find("source").get("dev") == "up1"  # type: ignore[union-attr]
+
+
+def test_a_guest_that_lets_go_as_the_wait_ends_is_parked_not_stuck(world: World) -> None:
+    """Seen with fifty TCG guests on two CPUs: the unplug completes just after
+    the detach timeout, while the link is being set down. No false alarm."""
+    world.hv.start("vm1", UUID1, [direct_nic(MAC1, "up0")])
+    guest = world.hv.guests[UUID1]
+    guest.release_after = 10_000
+
+    def late_release(dom: object, xml: str) -> None:
+        """QEMU finished the unplug just now: the device is gone, set_link fails."""
+        from macvtap_hook.errors import HypervisorError
+
+        guest.pending = dict.fromkeys(guest.pending, 0)
+        world.hv._progress()
+        raise HypervisorError(operation="update", reason="QEMU's set_link: Device 'net0' not found")
+
+    world.hv.update_device = late_release  # type: ignore[method-assign,assignment]
+    world.links.delete("up0")
+    report = world.converge()
+    assert (report.parked, report.stuck, report.failed) == (1, 0, 0)
+    assert [r.state for r in world.store.load()] == ["parked"]
+    world.links.add("up0")
+    assert world.converge().attached == 1 and world.alive(UUID1, MAC1)
