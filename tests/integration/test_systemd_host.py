@@ -645,6 +645,9 @@ def test_libvirt_network_hook_hands_off_to_a_worker_unit(harness, host, bed, ude
 EXPOSURE = re.compile(r"Overall exposure level for (\S+): (\d+\.\d+)")
 CAP_NET_ADMIN_ONLY = f"{1 << 12:016x}"  # /proc/PID/status's CapBnd with CAP_NET_ADMIN (12) alone
 HOOKS = Path("/etc/macvtap-hook/uplink.d")
+# What systemd says of every unit in this test bed, sandboxed or not: sid's systemd 262, in a cgroup2
+# subtree of the machine's without the pids controller, reads no pids.max (seen on some runs only).
+TESTBED_NOISE = ("Failed to read pids.max for control group",)
 
 
 def test_units_are_rated_ok_by_systemd_analyze_security(host) -> None:  # type: ignore[no-untyped-def]
@@ -784,7 +787,10 @@ def test_in_the_sandbox_stacked_uplinks_are_made_and_uplink_hooks_run(  # type: 
     warned = [
         _line(e)
         for e in journal_since(host, bed.cursor)
-        if e.get("SYSLOG_IDENTIFIER") == "systemd" and int(e.get("PRIORITY", 6)) <= 4 and _ours(e)
+        if e.get("SYSLOG_IDENTIFIER") == "systemd"
+        and int(e.get("PRIORITY", 6)) <= 4
+        and _ours(e)
+        and not any(noise in str(e.get("MESSAGE")) for noise in TESTBED_NOISE)
     ]
     assert not warned, "\n".join(warned)
 
