@@ -558,14 +558,6 @@ def peak_rss(argv: Sequence[str]) -> tuple[float, int]:
     return time.perf_counter() - start, peak
 
 
-def uppers(uplink: str) -> int:
-    """The macvtaps on the uplink (sysfs upper_* links): cheaper to poll than fifty live XMLs."""
-    try:
-        return sum(1 for name in os.listdir(f"/sys/class/net/{uplink}") if name.startswith("upper_macvtap"))
-    except FileNotFoundError:
-        return 0
-
-
 def bench_fifty(tool: Tool, tb: Any, n: int, cycles: int) -> list[str]:
     """n guests of 128 MiB with two direct NICs each on uplinks A and B; A
     goes and comes back: until all n NICs on A are attached (their macvtaps
@@ -593,7 +585,7 @@ def bench_fifty(tool: Tool, tb: Any, n: int, cycles: int) -> list[str]:
     def back(bring_back: Callable[[], None]) -> float:
         start = time.monotonic()
         bring_back()
-        return wait_all(lambda: uppers(a.name) == n, 300, f"{n} NICs attached") - start
+        return wait_all(lambda: harness.macvtap_count(a.name) == n, 300, f"{n} NICs attached") - start
 
     tool.install()
     try:
@@ -613,7 +605,7 @@ def bench_fifty(tool: Tool, tb: Any, n: int, cycles: int) -> list[str]:
     park_wall, park_rss = peak_rss([BIN, "-q", "reconcile"])
     a.recreate()
     attach_wall, attach_rss = peak_rss([BIN, "-q", "reconcile"])
-    assert uppers(a.name) == n, "reconcile attached them all"
+    assert harness.macvtap_count(a.name) == n, "reconcile attached them all"
     metrics = (tool.work / "metrics.prom").read_text()
     nics = sum(int(float(line.split()[-1])) for line in metrics.splitlines() if line.startswith("macvtap_hook_nics{"))
 

@@ -20,9 +20,7 @@ from __future__ import annotations
 import os
 
 from macvtap_hook import index
-from macvtap_hook.links import SYSFS_NET
-
-IFF_UP = 0x1
+from macvtap_hook.links import IFF_UP, SYSFS_NET, read_attr
 
 
 def rejoin(run_dir: str, bridge: str, sysfs: str = SYSFS_NET) -> list[str]:
@@ -33,7 +31,7 @@ def rejoin(run_dir: str, bridge: str, sysfs: str = SYSFS_NET) -> list[str]:
         return []
     base = os.path.join(sysfs, bridge)
     try:
-        bridge_index, bridge_mtu = int(_read(base, "ifindex")), _read(base, "mtu")
+        bridge_index, bridge_mtu = int(read_attr(base, "ifindex")), read_attr(base, "mtu")
     except (OSError, ValueError):
         return []
     if not os.path.isdir(os.path.join(base, "bridge")):
@@ -60,17 +58,12 @@ def rejoin(run_dir: str, bridge: str, sysfs: str = SYSFS_NET) -> list[str]:
 def _ready(sysfs: str, tap: str, ifindex: int, mac: str, mtu: str) -> bool:
     base = os.path.join(sysfs, tap)
     try:
-        same = int(_read(base, "ifindex")) == ifindex and _read(base, "address") == mac
+        same = int(read_attr(base, "ifindex")) == ifindex and read_attr(base, "address") == mac
         return (
             same
-            and _read(base, "mtu") == mtu
-            and bool(int(_read(base, "flags"), 16) & IFF_UP)
+            and read_attr(base, "mtu") == mtu
+            and bool(int(read_attr(base, "flags"), 16) & IFF_UP)
             and (not os.path.lexists(os.path.join(base, "master")))
         )
     except (OSError, ValueError):
         return False
-
-
-def _read(base: str, attr: str) -> str:
-    with open(os.path.join(base, attr), encoding="ascii") as fh:
-        return fh.read().strip()

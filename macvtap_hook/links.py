@@ -75,11 +75,11 @@ class SysfsLinks:
 
         base = os.path.join(self.root, name)
         try:
-            ifindex = int(_read(base, "ifindex"))
-            iflink = int(_read(base, "iflink"))
-            mac = _read(base, "address").lower() or None
-            mtu = int(_read(base, "mtu"))
-            flags = int(_read(base, "flags"), 16)
+            ifindex = int(read_attr(base, "ifindex"))
+            iflink = int(read_attr(base, "iflink"))
+            mac = read_attr(base, "address").lower() or None
+            mtu = int(read_attr(base, "mtu"))
+            flags = int(read_attr(base, "flags"), 16)
             entries = os.listdir(base)
         except (OSError, ValueError):
             return None
@@ -87,7 +87,7 @@ class SysfsLinks:
         master = None
         if "master" in entries:
             try:
-                master = int(_read(base, "master/ifindex"))
+                master = int(read_attr(base, "master/ifindex"))
             except (OSError, ValueError):
                 master = None  # released meanwhile
         return Link(
@@ -149,14 +149,14 @@ def perm_mac(name: str) -> str | None:
     return ":".join(f"{b:02x}" for b in addr) if any(addr) else None
 
 
-def _read(base: str, attr: str) -> str:
+def read_attr(base: str, attr: str) -> str:
     with open(os.path.join(base, attr), encoding="ascii", errors="replace") as fh:
         return fh.read().strip()
 
 
 def _devtype(base: str) -> str | None:
     try:
-        for line in _read(base, "uevent").splitlines():
+        for line in read_attr(base, "uevent").splitlines():
             if line.startswith("DEVTYPE="):
                 return line[len("DEVTYPE=") :] or None
     except OSError:
@@ -247,7 +247,7 @@ def _leave(tap_index: int) -> None:
 
 def _bridge_flag(bridge: str, name: str) -> int | None:
     try:
-        return int(_read(os.path.join(SYSFS_NET, bridge, "bridge"), name))
+        return int(read_attr(os.path.join(SYSFS_NET, bridge, "bridge"), name))
     except (OSError, ValueError):
         return None
 

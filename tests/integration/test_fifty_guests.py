@@ -34,14 +34,6 @@ def fitting(wanted: int) -> int:
     return max(0, min(wanted, (available - KEEP_FREE_MIB) // GUEST_COST_MIB))
 
 
-def uppers(uplink: str) -> int:
-    """The macvtaps on the uplink, as sysfs tells (one upper_* link each)."""
-    try:
-        return sum(1 for name in os.listdir(f"/sys/class/net/{uplink}") if name.startswith("upper_macvtap"))
-    except FileNotFoundError:
-        return 0
-
-
 def check_all_alive(harness: Any, guests: list[tuple[Any, list[Any]]], uplinks: tuple[Any, Any]) -> None:
     """Every NIC once in its guest's live XML, on a macvtap of its own uplink with its MAC."""
     for guest, nics in guests:
@@ -87,7 +79,7 @@ def test_fifty_guests_two_uplinks_removal_return_and_a_storm(harness, testbed, h
     positions = [g.console_position() for g, _ in guests]
     start = time.monotonic()
     a.recreate()
-    harness.wait_until(lambda: uppers(a.name) == n, 300, f"{n} macvtaps on {a.name}", interval=0.05)
+    harness.wait_until(lambda: harness.macvtap_count(a.name) == n, 300, f"{n} macvtaps on {a.name}", interval=0.05)
     timings[f"{n} guests: uplink back -> all {n} NICs attached"] = time.monotonic() - start
     hook.settle(timeout=300)
     check_all_alive(harness, guests, (a, b))

@@ -698,7 +698,7 @@ def test_the_readmes_drop_in_widens_the_sandbox(host) -> None:  # type: ignore[n
 
 
 @pytest.fixture
-def configured(host: sh.SystemdHost) -> Iterator[Path]:
+def etc_config(host: sh.SystemdHost) -> Iterator[Path]:
     """/etc/macvtap-hook for one test (config and uplink hooks); removed after,
     the folder too unless it was there before the package."""
     HOOKS.mkdir(parents=True, exist_ok=True)
@@ -727,7 +727,7 @@ ip link set "{made}" up
 
 
 def test_in_the_sandbox_stacked_uplinks_are_made_and_uplink_hooks_run(  # type: ignore[no-untyped-def]
-    harness, host, bed, configured
+    harness, host, bed, etc_config
 ) -> None:
     """Two NICs on two macvlans of one parent: one declared in [[stacked]]
     (the tool makes it), one an uplink hook makes. The parent goes and comes:
@@ -738,7 +738,7 @@ def test_in_the_sandbox_stacked_uplinks_are_made_and_uplink_hooks_run(  # type: 
     other = f"{harness.SUBNET}.7"  # NIC b's subnet: the parent's peer answers there too
     answer_on_other = ["ip", "-n", parent.netns, "addr", "add", f"{other}.1/24", "dev", parent.peer]
     harness.run(answer_on_other)
-    configured.write_text(
+    etc_config.write_text(
         f'[[stacked]]\nname = "{declared}"\nparent = "{parent.name}"\nkind = "macvlan"\nmode = "bridge"\n'
     )
     probe = HOOKS / "50-mht-probe"

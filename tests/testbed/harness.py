@@ -125,6 +125,15 @@ def _check_ifname(name: str) -> str:
     return name
 
 
+def macvtap_count(uplink: str) -> int:
+    """How many macvtaps sit on the uplink, as sysfs tells (an upper_* link
+    each): macvtaps_on's count without running `ip`, cheap enough to poll."""
+    try:
+        return sum(1 for name in os.listdir(f"/sys/class/net/{uplink}") if name.startswith("upper_macvtap"))
+    except FileNotFoundError:
+        return 0
+
+
 def link_info(name: str | None = None, netns: str | None = None) -> list[dict[str, Any]]:
     """``ip -j -d link show [dev NAME]`` parsed (in the root or a named namespace)."""
     args = ["ip"]
