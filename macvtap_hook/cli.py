@@ -48,8 +48,11 @@ def main(argv: Sequence[str] | None = None, *, verdict: str | None = None, rejoi
     if args[:1] == ["libvirt-network-hook"]:
         return _libvirt_network_hook(args[1:])
     try:
-        if args[:1] == ["udev"] and len(args) == 1:
-            return _guard(lambda cfg: _udev(cfg, verdict, rejoined), 0)  # the hot path skips argparse
+        # The hot paths (an event, its worker) skip argparse.
+        if args == ["udev"]:
+            return _guard(lambda cfg: _udev(cfg, verdict, rejoined), 0)
+        if args == ["drain"]:
+            return _guard(lambda cfg: _drain(None, cfg), 0)
         from macvtap_hook.commandline import parser
 
         ns = parser().parse_args(args)

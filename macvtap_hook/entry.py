@@ -55,11 +55,18 @@ def _udev_verdict() -> tuple[str | None, list[str]]:
                 from macvtap_hook import fastport
 
                 rejoined = fields["rejoined"] = fastport.rejoin(run_dir, fields["iface"])
-            if handoff.try_hand_off(run_dir, handoff_mode, fields, seqnum=os.environ.get("SEQNUM")):
+            if handoff.try_hand_off(run_dir, handoff_mode, fields, os.environ.get("SEQNUM"), drain=_drain):
                 return None, rejoined
         return said, rejoined
     except Exception:  # whatever it is, the full path decides again and reports it properly
         return "", rejoined
+
+
+def _drain() -> int:
+    """What a detached worker forked from here runs: the command line's `drain`."""
+    from macvtap_hook.cli import main as full
+
+    return full(["drain"])
 
 
 def _ignorable(args: list[str]) -> bool:

@@ -7,7 +7,8 @@ would hold that queue, and both would wait for each other. On a host booted
 with systemd a worker unit does the work, one instance per event so that no
 event's start request is merged into a worker about to exit; elsewhere a
 detached `drain`. Both take the lock and drain the hint queue, so events
-that arrive meanwhile are not lost.
+that arrive meanwhile are not lost. A detached worker is named
+`macvtap-drain` (its comm: `ps -e`, `pgrep -x macvtap-drain`).
 
 Light at import (os, sys, time): the udev path hands an event off from here
 before the command line proper is loaded, since a guest's start waits for
@@ -22,9 +23,10 @@ import time
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
 
 DRAIN = ("-I", "-m", "macvtap_hook", "drain")
+WORKER_NAME = b"macvtap-drain"  # a detached worker's comm (15 bytes at most)
 HINTS = "hints"  # the hint queue's folder in the run folder
 
 
@@ -62,6 +64,62 @@ def start_detached_worker() -> str | None:
     except OSError as exc:
         return str(exc)
     return None
+
+
+def fork_detached_worker(drain: Callable[[], int]) -> str | None:
+    """start_detached_worker's worker, made of this very process: a fork,
+    which runs DRAIN and exits with its code, sparing the interpreter's
+    start (a guest's NIC waits for it). Only for a process that has opened
+    nothing it still needs (the udev path before the command line proper:
+    every descriptor but the standard streams is closed in the worker).
+    None in the caller, or what went wrong; the worker never returns."""
+    old_name = _name_process(WORKER_NAME)  # before the fork: the worker bears it from its first instant
+    try:
+        pid = os.fork()
+    except OSError as exc:
+        _name_process(old_name)
+        return str(exc)
+    if pid:
+        return None
+    code = 70  # errors.EXIT_INTERNAL, should anything escape the command line's own guard
+    try:
+        os.setsid()
+        _detach_descriptors()
+        code = drain()
+    finally:
+        os._exit(code)
+
+
+def _name_process(name: bytes) -> bytes:
+    """Set this process's comm to NAME; the one it had (empty if unknown)."""
+    try:
+        with open("/proc/self/comm", "r+b", buffering=0) as comm:
+            old = comm.read().rstrip(b"\n")
+            comm.seek(0)
+            comm.write(name)
+    except OSError:
+        return b""
+    return old
+
+
+def _detach_descriptors() -> None:
+    """The standard streams become /dev/null; every other descriptor the
+    caller gave us (a pipe it reads until every writer closes it, say) is
+    closed: the caller would wait for the worker otherwise."""
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        if fd != null:
+            os.dup2(null, fd)
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:
+        names = [str(fd) for fd in range(3, 1024)]
+    for name in names:
+        if name.isdigit() and int(name) > 2:
+            try:  # noqa: SIM105 - contextlib is an import this path does without
+                os.close(int(name))
+            except OSError:
+                pass  # the listing's own descriptor, closed by now
 
 
 def _keep_other_fds_to_ourselves() -> None:
@@ -113,8 +171,11 @@ def can_hand_off(run_dir: str, handoff: str) -> bool:
     return handoff != "inline" and private_folder(os.path.join(run_dir, HINTS))
 
 
-def try_hand_off(run_dir: str, handoff: str, fields: Mapping[str, object], seqnum: str | None) -> bool:
-    """Queue the hint and start its worker, silently; False, with nothing
+def try_hand_off(
+    run_dir: str, handoff: str, fields: Mapping[str, object], seqnum: str | None, drain: Callable[[], int]
+) -> bool:
+    """Queue the hint and start its worker (without systemd, a fork running
+    DRAIN), silently; False, with nothing
     queued, whenever the command line proper must do it (it then also
     reports what went wrong): an inline hand-off, no private hint folder
     yet, a worker that could not be started."""
@@ -122,7 +183,7 @@ def try_hand_off(run_dir: str, handoff: str, fields: Mapping[str, object], seqnu
     if not can_hand_off(run_dir, handoff):
         return False
     path = write_hint(folder, fields)
-    failure = start_worker_unit(unit_name(seqnum)) if uses_systemd(handoff) else start_detached_worker()
+    failure = start_worker_unit(unit_name(seqnum)) if uses_systemd(handoff) else fork_detached_worker(drain)
     if failure is not None:
         os.unlink(path)
         return False

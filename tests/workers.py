@@ -1,5 +1,6 @@
-"""The tool's detached workers (`python -I -m macvtap_hook drain`), as the unit
-and the integration tests find and wait for them, and the lock they wait for."""
+"""The tool's detached workers (the udev path's fork, named `macvtap-drain`,
+and `python -I -m macvtap_hook drain`), as the unit and the integration tests
+find and wait for them, and the lock they wait for."""
 
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ def detached_drains(config: str | None = None) -> list[int]:
             continue
         try:
             argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-            if argv[-3:-1] != [b"macvtap_hook", b"drain"]:
+            forked = Path(f"/proc/{entry}/comm").read_bytes() == b"macvtap-drain\n"
+            if not forked and argv[-3:-1] != [b"macvtap_hook", b"drain"]:
                 continue
             if config is not None:
                 environ = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")

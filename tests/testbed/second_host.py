@@ -196,7 +196,8 @@ class SecondHost:
         wait_until(lambda: not self._drains(), timeout, "the second host's workers to finish", interval=0.05)
 
     def _drains(self) -> list[str]:
-        return self.run("pgrep", "-f", "macvtap_hook drain", check=False).stdout.split()
+        forked = self.run("pgrep", "-x", "macvtap-drain", check=False).stdout.split()
+        return forked + self.run("pgrep", "-f", "macvtap_hook drain", check=False).stdout.split()
 
     def log(self) -> str:
         path = self.out / "hook.log"

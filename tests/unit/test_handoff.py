@@ -111,12 +111,12 @@ def test_a_configuration_only_tomllib_reads_still_hands_off(tmp_path: Path) -> N
 def test_a_worker_that_cannot_start_leaves_no_hint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     folder = tmp_path / "run" / "hints"
     folder.mkdir(parents=True, mode=0o700)
-    monkeypatch.setattr(handoff, "start_detached_worker", lambda: "no such file")
+    monkeypatch.setattr(handoff, "fork_detached_worker", lambda drain: "no such file")
     fields = {"source": "udev", "action": "remove", "iface": "eth1"}
-    assert not handoff.try_hand_off(str(tmp_path / "run"), "detach", fields, None)
+    assert not handoff.try_hand_off(str(tmp_path / "run"), "detach", fields, None, drain=lambda: 0)
     assert list(folder.iterdir()) == [], "the command line proper queues its own"
-    monkeypatch.setattr(handoff, "start_detached_worker", lambda: None)
-    assert handoff.try_hand_off(str(tmp_path / "run"), "detach", fields, None)
+    monkeypatch.setattr(handoff, "fork_detached_worker", lambda drain: None)
+    assert handoff.try_hand_off(str(tmp_path / "run"), "detach", fields, None, drain=lambda: 0)
     assert [json.loads(p.read_text()) for p in folder.iterdir()] == [fields]
 
 
@@ -159,7 +159,11 @@ def test_the_worker_holds_no_descriptor_of_the_caller_but_null_streams(tmp_path:
             )  # fmt: skip
             os.close(write_end)
             assert done.stdout == "0 []\n", done.stdout + done.stderr
-            assert detached_drains(env["MACVTAP_HOOK_CONFIG"]), f"the worker waits for the lock: {hints(tmp_path)}"
+            (worker,) = detached_drains(env["MACVTAP_HOOK_CONFIG"])
+            assert Path(f"/proc/{worker}/comm").read_text() == "macvtap-drain\n", "the RUN program's fork"
+            assert os.getsid(worker) == worker, "the worker leads a session of its own"
+            streams = {os.readlink(f"/proc/{worker}/fd/{fd}") for fd in (0, 1, 2)}
+            assert streams == {os.devnull}, streams
             assert select.select([read_end], [], [], 5)[0], "no EOF: the waiting worker holds the caller's pipe"
             assert os.read(read_end, 1) == b""
     finally:
