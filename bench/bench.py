@@ -11,7 +11,10 @@
     every NIC attached and to every guest's first ping, median of --cycles:
     through udevd and the installed rule (the real path), `macvtap-hook
     reconcile` run by hand (its own wall time and peak RSS), and raw
-    libvirt attachDeviceFlags of the same XML, one after the other and at once.
+    libvirt attachDeviceFlags of the same XML, one after the other and at once;
+    and the floor under the udev row: a udev rule of the bench's own whose
+    RUN program (bench/floor.py) forks, imports libvirt and attaches the XML
+    with nothing else (the least any tool in Python can do through udev).
 (c) a pool network of two uplinks: from the deletion of the member a guest's
     NIC sits on to the NIC attached on the other member and to its first ping
     through it; whether the first member's return moved anything.
@@ -73,6 +76,7 @@ from tests.workers import wait_for_no_drains  # noqa: E402
 PREFIX = "mhb"
 CONFIG = Path("/etc/macvtap-hook/config.toml")
 BIN = str(Path(sys.executable).parent / "macvtap-hook")
+FLOOR_RULE = Path("/run/udev/rules.d/99-mhb-floor.rules")  # bench (b)'s floor; a name the tool never uses
 RULE_DIRS = ("/etc/udev/rules.d", "/run/udev/rules.d", "/usr/lib/udev/rules.d", "/lib/udev/rules.d")
 HEAVY = {"libvirt", "pyroute2", "filelock", "asyncio", "logging", "argparse", "dataclasses", "pathlib", "typing"}
 
@@ -336,9 +340,34 @@ def raw_attach(group: Group, conn: Any, at_once: bool) -> Callable[[], None]:
     return bring_back
 
 
+def floor_attach(group: Group, cycles: int, work: Path) -> list[tuple[float, float]]:
+    """bench/floor.py run by a rule of the bench's own on the uplink's add (the tool is uninstalled)."""
+    pairs = []
+    for i, (g, nic) in enumerate(group.pairs()):
+        path = work / f"floor-{i}.xml"
+        path.write_text(group.xml[nic.mac])
+        pairs.append(f"{g.name}={path}")
+    floor = Path(__file__).with_name("floor.py")
+    run = f"{sys.executable} -I {floor} {' '.join(pairs)}"
+    rule = f'ACTION=="add", SUBSYSTEM=="net", KERNEL=="{group.up.name}", RUN+="{run}"\n'
+    rows = []
+    try:
+        FLOOR_RULE.write_text(rule)
+        subprocess.run(["udevadm", "control", "--reload"], check=True)
+        for _ in range(cycles):
+            group.raw_detach()
+            settle()
+            rows.append(group.measure_return(group.up.recreate))
+            settle()
+    finally:
+        FLOOR_RULE.unlink(missing_ok=True)
+        subprocess.run(["udevadm", "control", "--reload"], check=False)
+    return rows
+
+
 def bench_attach(tool: Tool, group: Group, conn: Any, cycles: int) -> list[str]:
     n = len(group.guests)
-    rows: dict[str, list[tuple[float, float]]] = {"udev": [], "raw": [], "raw-at-once": []}
+    rows: dict[str, list[tuple[float, float]]] = {"udev": [], "raw": [], "raw-at-once": [], "floor": []}
     tool.configure()
     tool.install()
     for _ in range(cycles):
@@ -371,6 +400,7 @@ def bench_attach(tool: Tool, group: Group, conn: Any, cycles: int) -> list[str]:
     by_hand = group.measure_return(reconcile)
     reaper[0].join()
 
+    rows["floor"] = floor_attach(group, cycles, tool.work)
     for _ in range(cycles):
         group.raw_detach()
         rows["raw"].append(group.measure_return(raw_attach(group, conn, at_once=False)))
@@ -389,6 +419,11 @@ def bench_attach(tool: Tool, group: Group, conn: Any, cycles: int) -> list[str]:
     out.append(
         f"    reconcile by hand          {ms(by_hand[0])} / {ms(by_hand[1])}   {by_hand[0] / raw:5.2f} x raw"
         f"   (process {proc['wall'] * 1000:.0f} ms, {proc['rss'] / 1024:.1f} MiB peak RSS)"
+    )
+    floor = med("floor", 0)
+    out.append(
+        f"    floor: fork + libvirt only {ms(floor)} / {ms(med('floor', 1))}   {floor / raw:5.2f} x raw"
+        f"   (the udev rule: {udev / floor:.2f} x the floor)"
     )
     out.append(f"    raw libvirt, one by one    {ms(raw)} / {ms(med('raw', 1))}")
     out.append(f"    raw libvirt, all at once   {ms(med('raw-at-once', 0))} / {ms(med('raw-at-once', 1))}")
@@ -666,6 +701,7 @@ def main() -> int:
         work = Path(tmp)
         tool = Tool(work, args.handoff)
         harness.cleanup(PREFIX)
+        FLOOR_RULE.unlink(missing_ok=True)  # a run killed during (b)'s floor
         tb = harness.Testbed(prefix=PREFIX, workdir=work / "bed")
         try:
             groups = [Group(tb, i, n) for i, n in enumerate(sizes)]
