@@ -122,6 +122,7 @@ def _on_event(cfg: Config, hint: Hint | None, seqnum: str | None, verdict: str |
         return EXIT_OK
     if _hand_off(cfg, hint, seqnum):
         return EXIT_OK
+    _confine(cfg)
     from macvtap_hook.runner import run
 
     # Inside udev: stay well within its event timeout (180 s by default).
@@ -177,6 +178,20 @@ def _hand_off(cfg: Config, hint: Hint, seqnum: str | None, *, inline_allowed: bo
     if inline_allowed:
         written.unlink(missing_ok=True)  # the inline run queues its own
     return False
+
+
+def _confine(cfg: Config) -> None:
+    """A run of an event's (inline, or a detached worker) keeps what the
+    units' sandbox would leave it, where no unit confines it (privileges.py)."""
+    from macvtap_hook import handoff
+
+    if not cfg.drop_privileges or handoff.uses_systemd(cfg.handoff):
+        return
+    from macvtap_hook.privileges import keep_only_net_admin
+
+    failure = keep_only_net_admin()
+    if failure is not None:
+        log.warning("could not drop privileges (%s); the run keeps those it was given", failure)
 
 
 def _libvirt_hook(argv: Sequence[str]) -> int:
@@ -260,6 +275,7 @@ def _drain(ns: Any, cfg: Config) -> int:
     from macvtap_hook.hints import Hint
     from macvtap_hook.runner import await_jobs, run
 
+    _confine(cfg)
     report = run(cfg, None, drain_only=True)
     # Domains busy with a migration or a save: this worker waits for the
     # job's end (holding no lock), then runs again; a job that outlasts its

@@ -36,6 +36,7 @@ class Config:
     uplink_hooks_dir: Path = Path("/etc/macvtap-hook/uplink.d")
     uplink_hook_timeout: float = 10.0
     autostart: bool = True  # [start] autostart: start what libvirt could not autostart (autostart.py)
+    drop_privileges: bool = True  # without systemd's sandbox, a run keeps CAP_NET_ADMIN alone (privileges.py)
     source: Path | None = field(default=None, compare=False)
 
     @property
@@ -102,6 +103,10 @@ def _from_mapping(data: dict[str, Any], path: Path) -> Config:
             values[key] = float(value)
     if "start" in data:
         values["autostart"] = _start(data["start"], path)
+    if "drop_privileges" in data:
+        if not isinstance(data["drop_privileges"], bool):
+            raise ConfigError(path=path, reason="drop_privileges must be true or false")
+        values["drop_privileges"] = data["drop_privileges"]
     if "handoff" in data:
         if data["handoff"] not in HANDOFFS:
             raise ConfigError(path=path, reason=f"handoff must be one of {', '.join(HANDOFFS)}")

@@ -32,6 +32,9 @@ KEY_HELP = {
     "systemd, else a detached worker (detach); inline does it inside the udev RUN program itself, which stalls "
     "every guest start for up to two minutes with libvirt 12.3 and later",
     "log_file": "also log to this file (empty: no file)",
+    "drop_privileges": "on a host without systemd (or with handoff = inline), the runs of events and their detached "
+    "workers keep only CAP_NET_ADMIN, set no_new_privs and a umask of 0077 before any work, as the units' sandbox "
+    "does (uplink hooks inherit it); false keeps root's every capability (on systemd, the units' sandbox rules)",
     "autostart": "under a [start] table: a domain marked autostart that libvirt could not start because an "
     "interface it needs was missing is started once they all exist (false: never)",
     "metrics_file": "write metrics here after every run, for node_exporter's textfile collector "

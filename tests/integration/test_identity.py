@@ -140,9 +140,13 @@ ip link set "{vlan}" up
 def test_stacked_uplink_recreated_by_a_hook(harness, testbed, hook, tmp_path) -> None:  # type: ignore[no-untyped-def]
     hooks = tmp_path / "uplink.d"
     hooks.mkdir(mode=0o755)
-    unsafe_mark, hang_pid = tmp_path / "unsafe-ran", tmp_path / "hang.pid"
+    unsafe_mark, hang_pid, seen = tmp_path / "unsafe-ran", tmp_path / "hang.pid", tmp_path / "privileges"
     scripts = {
         "05-unsafe": (f"#!/bin/sh\ntouch {unsafe_mark}\n", 0o775),
+        "07-privileges": (
+            f"#!/bin/sh\ngrep -E '^(CapEff|CapBnd|CapAmb|NoNewPrivs):' /proc/self/status > {seen}\n",
+            0o755,
+        ),
         "10-hangs": (f"#!/bin/sh\nsleep 300 &\necho $! > {hang_pid}\nwait\n", 0o755),
         "20-macvlan": (HOOK.format(vlan=f"{PREFIX}1v", parent=f"{PREFIX}1"), 0o755),
     }
@@ -177,6 +181,9 @@ def test_stacked_uplink_recreated_by_a_hook(harness, testbed, hook, tmp_path) ->
     assert "10-hangs did not finish within 2 s" in log
     assert time.monotonic() - start < 60
     assert not alive(int(hang_pid.read_text())), "the hanging hook's child was killed with its group"
+    held = dict(line.split(":\t") for line in seen.read_text().splitlines())
+    assert held == {"CapEff": "0000000000001000", "CapBnd": "0000000000001000", "CapAmb": "0000000000000000",
+                    "NoNewPrivs": "1"}, "the detached worker kept CAP_NET_ADMIN alone (drop_privileges)"  # fmt: skip
 
 
 def alive(pid: int) -> bool:

@@ -16,6 +16,7 @@ import pytest
 from macvtap_hook import handoff, index
 from macvtap_hook.events import hint_from_udev
 from macvtap_hook.hints import Hint
+from tests.testbed.waiting import wait_until
 from tests.workers import detached_drains, lock_held, wait_for_no_drains
 
 REPO = Path(__file__).resolve().parents[2]
@@ -168,4 +169,30 @@ def test_the_worker_holds_no_descriptor_of_the_caller_but_null_streams(tmp_path:
             assert os.read(read_end, 1) == b""
     finally:
         os.close(read_end)
+    wait_for_no_drains(env["MACVTAP_HOOK_CONFIG"])
+
+
+@pytest.mark.parametrize(("setting", "confined"), [("", True), ("drop_privileges = false\n", False)])
+def test_the_worker_keeps_cap_net_admin_alone_unless_told(tmp_path: Path, setting: str, confined: bool) -> None:
+    """Without systemd no unit confines the worker: it drops what the units' sandbox would."""
+    env = setup(tmp_path)
+    cfg = Path(env["MACVTAP_HOOK_CONFIG"])
+    cfg.write_text(cfg.read_text() + "lock_timeout = 60\n" + setting)
+    with lock_held(tmp_path / "run" / "lock"):
+        subprocess.run([sys.executable, "-S", "-c", PROBE], env={**env, **EVENTS[0]}, check=True, capture_output=True)
+        (worker,) = detached_drains(env["MACVTAP_HOOK_CONFIG"])
+
+        def held() -> dict[str, str]:
+            lines = Path(f"/proc/{worker}/status").read_text().splitlines()
+            return dict(line.split(":\t") for line in lines if line.startswith(("CapEff", "CapBnd", "NoNewPrivs")))
+
+        def waits_for_the_lock() -> bool:  # by then it has confined itself, or never will
+            fds = Path(f"/proc/{worker}/fd")
+            return any(os.readlink(fd) == str(tmp_path / "run" / "lock") for fd in fds.iterdir())
+
+        wait_until(waits_for_the_lock, 10, "the worker to wait for the lock")
+        if confined:
+            assert held() == {"CapEff": "0000000000001000", "CapBnd": "0000000000001000", "NoNewPrivs": "1"}
+        else:
+            assert held()["NoNewPrivs"] == "0" and int(held()["CapEff"], 16) == int(held()["CapBnd"], 16) > 0x1000
     wait_for_no_drains(env["MACVTAP_HOOK_CONFIG"])
