@@ -10,6 +10,9 @@ from __future__ import annotations
 import os
 import re
 
+from macvtap_hook.defaults import DEFAULT_RUN_DIR
+from macvtap_hook.index import MARKER_PREFIX, MARKERS
+
 PACKAGED_BIN = "/usr/bin/macvtap-hook"
 RULE_NAME = "90-macvtap-hook.rules"
 NM_SCRIPT_NAME = "90-macvtap-hook"
@@ -31,7 +34,17 @@ def safe_path(path: str) -> bool:
     return bool(_SAFE_PATH.match(path))
 
 
-def udev_rule(binary: str) -> str:
+def udev_rule(binary: str, run_dir: str = DEFAULT_RUN_DIR) -> str:
+    """The rule; with the run folder's files of the uplink index (index.py),
+    unless that folder's path is not plain (then every macvtap's add runs
+    the program, which reads the index itself)."""
+    indexed = ""
+    if safe_path(run_dir):
+        indexed = f"""\
+# One on an interface the uplink index names needs nothing: the index's own
+# file for that interface's ifindex tells udevd so, and no program starts.
+KERNEL=="macvtap*", TEST=="{run_dir.rstrip("/")}/{MARKERS}/{MARKER_PREFIX}$attr{{iflink}}", GOTO="macvtap_hook_end"
+"""
     return f"""\
 # {MARKER}: start macvtap-hook when a host network interface appears,
 # disappears or is renamed, so libvirt guests whose macvtap NIC sat on it
@@ -43,7 +56,7 @@ KERNEL=="macvlan*|vnet*", GOTO="macvtap_hook_end"
 # A macvtap that goes is an effect (of a detach, or of its uplink's own event).
 # One that appears starts a NIC: its add tells which device that NIC sits on.
 ACTION!="add", KERNEL=="macvtap*", GOTO="macvtap_hook_end"
-RUN+="{binary} udev"
+{indexed}RUN+="{binary} udev"
 LABEL="macvtap_hook_end"
 """
 

@@ -7,11 +7,24 @@ the event path can stop after reading this one small file. It lives in the
 run folder (tmpfs): after a reboot there is none, and the first event does
 a full run. This module imports only `os` at load time: it is on the path
 of every interface event.
+
+Beside it, the udev rule's own copy of a part of it (hostfiles.udev_rule):
+in the folder `indexed`, one empty file per indexed interface that exists,
+named `if` and its ifindex. The add of a macvtap whose lower device (its
+`iflink`) has one cannot matter (events.verdict says NO), and udevd, seeing
+the file, starts no program for it at all: a guest's start (which libvirt
+12.3 and later make wait for the event) and a storm of re-attaches cost no
+process per macvtap. The files are only ever a part of the index: the stale
+ones go before the index is written, the new ones come after it, and all go
+before it is dropped. An ifindex is not given again until the counter wraps,
+so a file left for a deleted interface names none.
 """
 
 from __future__ import annotations
 
 import os
+
+from macvtap_hook.links import SYSFS_NET
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -25,6 +38,8 @@ PARKED = ":parked"
 # ":port BRIDGE TAP IFINDEX MAC": a running guest's tap that needs only a
 # master to be a port of BRIDGE again (bridgeports.quick_ports, fastport.py).
 PORT = ":port "
+MARKERS = "indexed"  # the udev rule's folder (see above)
+MARKER_PREFIX = "if"
 
 
 def index_path(run_dir: str) -> str:
@@ -46,11 +61,16 @@ def read_index(run_dir: str) -> frozenset[str] | None:
 
 
 def write_index(
-    run_dir: str, names: Iterable[str], *, parked: bool = False, ports: Iterable[tuple[str, str, int, str]] = ()
+    run_dir: str,
+    names: Iterable[str],
+    *,
+    parked: bool = False,
+    ports: Iterable[tuple[str, str, int, str]] = (),
+    sysfs: str = SYSFS_NET,
 ) -> None:
     """The names whose events matter; `parked`: some NIC has a record (the
     PARKED line); `ports`: (bridge, tap, tap ifindex, tap MAC) of taps a
-    bridge's return may take back at once."""
+    bridge's return may take back at once. Then the udev rule's files."""
     from pathlib import Path
 
     from macvtap_hook.ifname import valid_ifname
@@ -60,14 +80,50 @@ def write_index(
     ensure_private_dir(Path(run_dir))
     # A name libvirt took from a domain's XML could hold a newline: one
     # line per name only for names the kernel could have made.
-    lines = sorted(n for n in names if valid_ifname(n)) + ([PARKED] if parked else [])
+    valid = sorted({n for n in names if valid_ifname(n)})
+    lines = valid + ([PARKED] if parked else [])
     lines += sorted(
         f"{PORT}{bridge} {tap} {ifindex} {mac}"
         for bridge, tap, ifindex, mac in ports
         if valid_ifname(bridge) and valid_ifname(tap) and _MAC_CHARS.issuperset(mac) and len(mac) == 17
     )
     body = "\n".join([HEADER, *lines, ""])
+    folder = os.path.join(run_dir, MARKERS)
+    wanted = {f"{MARKER_PREFIX}{i}" for i in _ifindexes(valid, sysfs)}
+    had = _markers(folder)
+    _remove(folder, had - wanted)
     atomic_write(Path(index_path(run_dir)), body.encode())
+    ensure_private_dir(Path(folder))
+    for name in sorted(wanted - had):
+        os.close(os.open(os.path.join(folder, name), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+
+
+def _ifindexes(names: Iterable[str], sysfs: str) -> set[str]:
+    found = set()
+    for name in names:
+        try:
+            with open(os.path.join(sysfs, name, "ifindex"), encoding="ascii") as fh:
+                value = fh.read().strip()
+        except OSError:
+            continue  # not there (an uplink parked NICs wait for): no file
+        if value.isdigit():
+            found.add(value)
+    return found
+
+
+def _markers(folder: str) -> set[str]:
+    try:
+        return {n for n in os.listdir(folder) if n.startswith(MARKER_PREFIX)}
+    except OSError:
+        return set()
+
+
+def _remove(folder: str, names: Iterable[str]) -> None:
+    for name in names:
+        try:
+            os.unlink(os.path.join(folder, name))
+        except FileNotFoundError:
+            continue
 
 
 _MAC_CHARS = frozenset("0123456789abcdef:")
@@ -85,7 +141,10 @@ def ports_of(names: frozenset[str], bridge: str) -> list[tuple[str, int, str]]:
 
 
 def drop_index(run_dir: str) -> None:
-    """Until the next settled run, every event takes the full path."""
+    """Until the next settled run, every event takes the full path (the
+    udev rule's files first: they are a part of the index)."""
+    folder = os.path.join(run_dir, MARKERS)
+    _remove(folder, _markers(folder))
     try:
         os.unlink(index_path(run_dir))
     except FileNotFoundError:

@@ -165,7 +165,7 @@ class Installer:
     def _files(self) -> list[tuple[Path, str, int]]:
         """Every file install writes: (path, text, mode)."""
         lay, binary = self.layout, self.binary
-        files = [(lay.rules_dir / hostfiles.RULE_NAME, hostfiles.udev_rule(binary), 0o644)]
+        files = [(lay.rules_dir / hostfiles.RULE_NAME, hostfiles.udev_rule(binary, str(self.cfg.run_dir)), 0o644)]
         if lay.nm_dir.is_dir():
             files.append((lay.nm_dir / hostfiles.NM_SCRIPT_NAME, hostfiles.nm_dispatcher_script(binary), 0o755))
         if lay.libvirt_hooks_dir.is_dir() or lay.at("/etc/libvirt").is_dir():

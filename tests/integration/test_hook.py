@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -151,6 +152,31 @@ def test_churn_of_unrelated_interfaces_is_ignored(harness, testbed, hook) -> Non
     assert hook.parked() == []
     for word in ("parking", "repairing", "re-attached", "error", "Traceback"):
         assert word not in hook.log()
+
+
+def test_a_macvtap_on_an_indexed_uplink_starts_no_program(harness, testbed, hook) -> None:  # type: ignore[no-untyped-def]
+    """udevd reads the uplink index's own files (index.py): the add of a
+    macvtap on an indexed uplink (a guest's start, each NIC of a storm of
+    re-attaches) starts no program of ours; with no index, it does."""
+    from macvtap_hook import index
+
+    up, nic, guest = booted(harness, testbed)
+    hook.settle()
+    hook.cli("reconcile")  # a settled run writes the index and its files
+    tap = guest.macvtap_of(nic.mac)
+    ifindex = (Path("/sys/class/net") / up.name / "ifindex").read_text().strip()
+    assert (hook.run_dir / index.MARKERS / f"if{ifindex}").exists()
+
+    def rule_runs_it() -> bool:
+        test = ["udevadm", "test", "--action=add", f"/sys/class/net/{tap}"]
+        done = subprocess.run(test, capture_output=True, text=True, check=True)
+        return f"{hook.binary} udev" in done.stdout + done.stderr
+
+    assert not rule_runs_it(), "the macvtap's uplink is indexed: udevd skips the program"
+    index.drop_index(str(hook.run_dir))
+    assert rule_runs_it(), "no index: the program decides"
+    hook.cli("reconcile")
+    assert not rule_runs_it()
 
 
 def test_udev_events_never_wait_for_libvirt(harness, testbed, hook, timings) -> None:  # type: ignore[no-untyped-def]

@@ -102,7 +102,7 @@ def test_a_home_installation_keeps_its_home_readable(paths: tuple[str, ...], exp
 
 
 # udev.7: KEY[{attribute}] OPERATOR "value", the keys this rule uses.
-UDEV_CLAUSE = re.compile(r'^(ACTION|SUBSYSTEM|KERNEL|RUN|GOTO|LABEL)(\{[a-z]+\})?(==|!=|\+=|=)"[^"]*"$')
+UDEV_CLAUSE = re.compile(r'^(ACTION|SUBSYSTEM|KERNEL|TEST|RUN|GOTO|LABEL)(\{[a-z]+\})?(==|!=|\+=|=)"[^"]*"$')
 
 
 def udev_clauses(text: str) -> list[str]:

@@ -29,7 +29,8 @@ def test_install_puts_every_file_in_place_and_is_idempotent(tmp_path: Path, caps
     first = staged(tmp_path).install()
     files = tree(tmp_path)
     rule = files["etc/udev/rules.d/90-macvtap-hook.rules"]
-    assert rule == hf.udev_rule(BIN) and f'RUN+="{BIN} udev"' in rule
+    assert rule == hf.udev_rule(BIN, str(tmp_path / "run")) and f'RUN+="{BIN} udev"' in rule
+    assert f'TEST=="{tmp_path}/run/indexed/if$attr{{iflink}}"' in rule, "the configured run folder's index files"
     units = "etc/systemd/system"
     home = hf.protect_home_for(BIN, PYTHON, os.path.dirname(hf.__file__))
     assert files[f"{units}/macvtap-hook@.service"] == hf.worker_unit(BIN, home)
