@@ -80,6 +80,7 @@ def fork_detached_worker(drain: Callable[[], int]) -> str | None:
         _name_process(old_name)
         return str(exc)
     if pid:
+        _name_process(old_name)
         return None
     code = 70  # errors.EXIT_INTERNAL, should anything escape the command line's own guard
     try:
@@ -110,31 +111,31 @@ def _detach_descriptors() -> None:
     for fd in (0, 1, 2):
         if fd != null:
             os.dup2(null, fd)
+    for fd in _other_fds():
+        try:  # noqa: SIM105 - contextlib is an import this path does without
+            os.close(fd)
+        except OSError:
+            pass  # the listing's own descriptor, closed by now
+
+
+def _other_fds() -> list[int]:
+    """This process's descriptors beyond the standard streams (without
+    /proc, every one that could be)."""
     try:
         names = os.listdir("/proc/self/fd")
     except OSError:
-        names = [str(fd) for fd in range(3, 1024)]
-    for name in names:
-        if name.isdigit() and int(name) > 2:
-            try:  # noqa: SIM105 - contextlib is an import this path does without
-                os.close(int(name))
-            except OSError:
-                pass  # the listing's own descriptor, closed by now
+        return list(range(3, 1024))
+    return [int(name) for name in names if name.isdigit() and int(name) > 2]
 
 
 def _keep_other_fds_to_ourselves() -> None:
     """What the caller left open for us beyond 0-2 (a pipe it reads until
     every writer closes it, say) is not the worker's: it would wait for it."""
-    try:
-        names = os.listdir("/proc/self/fd")
-    except OSError:
-        return
-    for name in names:
-        if name.isdigit() and int(name) > 2:
-            try:  # noqa: SIM105 - contextlib is an import this path does without
-                os.set_inheritable(int(name), False)
-            except OSError:
-                pass  # the listing's own descriptor, closed by now
+    for fd in _other_fds():
+        try:  # noqa: SIM105 - contextlib is an import this path does without
+            os.set_inheritable(fd, False)
+        except OSError:
+            pass  # the listing's own descriptor, closed by now
 
 
 def write_hint(folder: str, fields: Mapping[str, object]) -> str:
@@ -175,10 +176,9 @@ def try_hand_off(
     run_dir: str, handoff: str, fields: Mapping[str, object], seqnum: str | None, drain: Callable[[], int]
 ) -> bool:
     """Queue the hint and start its worker (without systemd, a fork running
-    DRAIN), silently; False, with nothing
-    queued, whenever the command line proper must do it (it then also
-    reports what went wrong): an inline hand-off, no private hint folder
-    yet, a worker that could not be started."""
+    DRAIN), silently; False, with nothing queued, whenever the command line
+    proper must do it (it then also reports what went wrong): an inline
+    hand-off, no private hint folder yet, a worker that could not be started."""
     folder = os.path.join(run_dir, HINTS)
     if not can_hand_off(run_dir, handoff):
         return False

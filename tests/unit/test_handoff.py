@@ -187,8 +187,13 @@ def test_the_worker_keeps_cap_net_admin_alone_unless_told(tmp_path: Path, settin
             return dict(line.split(":\t") for line in lines if line.startswith(("CapEff", "CapBnd", "NoNewPrivs")))
 
         def waits_for_the_lock() -> bool:  # by then it has confined itself, or never will
-            fds = Path(f"/proc/{worker}/fd")
-            return any(os.readlink(fd) == str(tmp_path / "run" / "lock") for fd in fds.iterdir())
+            for fd in Path(f"/proc/{worker}/fd").iterdir():
+                try:
+                    if os.readlink(fd) == str(tmp_path / "run" / "lock"):
+                        return True
+                except FileNotFoundError:
+                    continue  # closed since the listing
+            return False
 
         wait_until(waits_for_the_lock, 10, "the worker to wait for the lock")
         if confined:
