@@ -28,7 +28,7 @@ from macvtap_hook.links import SYSFS_NET
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Callable, Iterable
 
 INDEX_NAME = "uplink-index"
 HEADER = "macvtap-hook uplink index 1"
@@ -88,12 +88,33 @@ def write_index(
         if valid_ifname(bridge) and valid_ifname(tap) and _MAC_CHARS.issuperset(mac) and len(mac) == 17
     )
     body = "\n".join([HEADER, *lines, ""])
+    _sync_markers(run_dir, valid, sysfs, lambda: atomic_write(Path(index_path(run_dir)), body.encode()))
+
+
+def refresh_markers(run_dir: str, sysfs: str = SYSFS_NET) -> None:
+    """The udev rule's files for the index as it is (under the lock, at a
+    run's start): an indexed interface made again since the index was
+    written (an uplink back) has a new ifindex, and the macvtaps this run
+    is about to make on it need no program either."""
+    names = read_index(run_dir)
+    if names is not None:
+        _sync_markers(run_dir, [n for n in names if not n.startswith(":")], sysfs)
+
+
+def _sync_markers(run_dir: str, names: Iterable[str], sysfs: str, between: Callable[[], None] | None = None) -> None:
+    """The stale files go, `between` runs (the index is written), the new files come."""
+    from pathlib import Path
+
+    from macvtap_hook.safety import ensure_private_dir
+
     folder = os.path.join(run_dir, MARKERS)
-    wanted = {f"{MARKER_PREFIX}{i}" for i in _ifindexes(valid, sysfs)}
+    wanted = {f"{MARKER_PREFIX}{i}" for i in _ifindexes(names, sysfs)}
     had = _markers(folder)
     _remove(folder, had - wanted)
-    atomic_write(Path(index_path(run_dir)), body.encode())
-    ensure_private_dir(Path(folder))
+    if between is not None:
+        between()
+    if wanted - had:
+        ensure_private_dir(Path(folder))
     for name in sorted(wanted - had):
         os.close(os.open(os.path.join(folder, name), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
 

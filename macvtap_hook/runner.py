@@ -113,6 +113,7 @@ def run(
         if (mine is not None and not mine.exists()) or (drain_only and not queue.pending()):
             log.debug("%s: already handled by another run", hint.describe() if hint else "pending events")
             return None
+        index.refresh_markers(str(cfg.run_dir))
         conns = Connections(cfg.uris)
         report: Report | None = None
         failed: set[tuple[str, str, str]] = set()  # tried once per run, however many events it drains

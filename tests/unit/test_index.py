@@ -70,3 +70,16 @@ def test_the_rule_reads_them_only_from_a_plain_run_folder() -> None:
     assert 'TEST=="/run/macvtap-hook/indexed/if$attr{iflink}", GOTO="macvtap_hook_end"' in rule
     for odd in ("/run/mac vtap", '/run/"x', "/run/$x", "/run/%k"):
         assert "TEST==" not in hostfiles.udev_rule("/usr/bin/macvtap-hook", odd), odd
+
+
+def test_a_refresh_follows_interfaces_made_again(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    index.write_index(str(run), ["eth1", "gone0"], parked=True, sysfs=sysfs(tmp_path, {"eth1": 7}))
+    assert files(run) == ["if7"]
+    later = sysfs(tmp_path / "later", {"eth1": 21, "gone0": 22})  # both back, with new ifindexes
+    index.refresh_markers(str(run), sysfs=later)
+    assert files(run) == ["if21", "if22"]
+    assert index.read_index(str(run)) == {"eth1", "gone0", index.PARKED}, "the index itself unchanged"
+    index.drop_index(str(run))
+    index.refresh_markers(str(run), sysfs=later)
+    assert files(run) == [], "no index, no files"

@@ -177,3 +177,35 @@ def test_while_libvirt_is_down_the_hints_that_identify_removed_hardware_are_kept
     kept = [json.loads(p.read_text()) for p in sorted(hints.iterdir())]
     assert len(kept) == 2, "one hint to wake the next run, and the one only it knows a removed NIC's identity by"
     assert kept[1]["udev"]["ID_PATH"] == usb["ID_PATH"] and kept[1]["ifindex"] == 5
+
+
+def test_a_run_brings_the_rules_index_files_up_to_date_before_it_converges(tmp_path: Path) -> None:
+    """An uplink back has a new ifindex: the macvtaps the run is about to
+    make on it must find their file (index.refresh_markers)."""
+    from macvtap_hook import index
+
+    env = config(tmp_path)
+    run_dir = tmp_path / "run"
+    fake = tmp_path / "sys" / "lo"
+    fake.mkdir(parents=True)
+    (fake / "ifindex").write_text("99999\n")  # lo as the index last saw it
+    index.write_index(str(run_dir), ["lo"], sysfs=str(tmp_path / "sys"))
+    seen = tmp_path / "seen"
+    script = textwrap.dedent(
+        f"""
+        import os, sys
+        from macvtap_hook import runner
+        from macvtap_hook.engine import Report
+        def converge_once(cfg, conns, **kw):
+            open({str(seen)!r}, "w").write(" ".join(sorted(os.listdir({str(run_dir / index.MARKERS)!r}))))
+            return Report()
+        runner.converge_once = converge_once
+        from macvtap_hook.cli import main
+        sys.exit(main(["udev"]))
+        """
+    )
+    ev = dict(env, ACTION="remove", SUBSYSTEM="net", INTERFACE="lo")
+    done = subprocess.run([sys.executable, "-c", script], env=ev, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    lo = Path("/sys/class/net/lo/ifindex").read_text().strip()
+    assert seen.read_text() == f"if{lo}", "the stale file gone, lo's own there"
