@@ -134,6 +134,8 @@ def exit_codes() -> list[tuple[int, str]]:
 def _toml(value: Any) -> str:
     if value is None:
         return '""'
+    if isinstance(value, bool):
+        return "true" if value else "false"
     if isinstance(value, tuple | list):
         return "[" + ", ".join(_toml(v) for v in value) + "]"
     if isinstance(value, float) and value.is_integer():

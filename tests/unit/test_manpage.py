@@ -131,3 +131,16 @@ def test_groff_renders_it_without_warnings() -> None:
         ["groff", "-man", "-Tutf8", "-ww", "-z"], input=PAGE, capture_output=True, text=True, check=False
     )
     assert done.returncode == 0 and not done.stderr, done.stderr
+
+
+def test_every_default_is_written_as_toml_reads_it() -> None:
+    import tomllib
+
+    from macvtap_hook.config import Config
+
+    defaults = Config()
+    fields = {f.name for f in dataclasses.fields(Config)}
+    for key, text in manpage.config_keys():
+        value = tomllib.loads(f"k = {text}")["k"]
+        if key in fields and isinstance(getattr(defaults, key), bool):
+            assert value is getattr(defaults, key), (key, text)
