@@ -181,8 +181,8 @@ def _hand_off(cfg: Config, hint: Hint, seqnum: str | None, *, inline_allowed: bo
 
 
 def _confine(cfg: Config) -> None:
-    """A run of an event's (inline, or a detached worker) keeps what the
-    units' sandbox would leave it, where no unit confines it (privileges.py)."""
+    """An event's run (inline, or a detached worker's) keeps what the units'
+    sandbox would leave it, where no unit confines it (privileges.py)."""
     from macvtap_hook import handoff
 
     if not cfg.drop_privileges or handoff.uses_systemd(cfg.handoff):
