@@ -82,7 +82,9 @@ def fork_detached_worker(drain: Callable[[], int]) -> str | None:
     if pid:
         _name_process(old_name)
         return None
-    code = 70  # errors.EXIT_INTERNAL, should anything escape the command line's own guard
+    from macvtap_hook.errors import EXIT_INTERNAL  # loaded already by the udev path's triage
+
+    code = EXIT_INTERNAL  # should anything escape the command line's own guard
     try:
         os.setsid()
         _detach_descriptors()

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 
-from macvtap_hook.links import SYSFS_NET
+from macvtap_hook.links import SYSFS_NET, read_attr
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -98,7 +98,7 @@ def refresh_markers(run_dir: str, sysfs: str = SYSFS_NET) -> None:
     is about to make on it need no program either."""
     names = read_index(run_dir)
     if names is not None:
-        _sync_markers(run_dir, [n for n in names if not n.startswith(":")], sysfs)
+        _sync_markers(run_dir, [n for n in names if not n.startswith((PARKED, PORT))], sysfs)
 
 
 def _sync_markers(run_dir: str, names: Iterable[str], sysfs: str, between: Callable[[], None] | None = None) -> None:
@@ -123,8 +123,7 @@ def _ifindexes(names: Iterable[str], sysfs: str) -> set[str]:
     found = set()
     for name in names:
         try:
-            with open(os.path.join(sysfs, name, "ifindex"), encoding="ascii") as fh:
-                value = fh.read().strip()
+            value = read_attr(os.path.join(sysfs, name), "ifindex")
         except OSError:
             continue  # not there (an uplink parked NICs wait for): no file
         if value.isdigit():
